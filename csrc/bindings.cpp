@@ -1,0 +1,52 @@
+// The extension module simclr_ext._C: every op's C++ entry and build_info(). The Python side
+// (simclr_ext/_ops.py) wraps these as torch.library custom ops with fake kernels and autograd.
+#include <torch/extension.h>
+#include <torch/headeronly/version.h>
+
+#include <string>
+
+#include "ntxent/ntxent.h"
+
+#define SIMCLR_STR_(x) #x
+#define SIMCLR_STR(x) SIMCLR_STR_(x)
+
+namespace simclr_ext {
+#ifdef WITH_CUDA
+std::string cuda_arch_list();
+int cuda_runtime_version_built();
+#endif
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef SIMCLR_EXT_VERSION
+  info["version"] = SIMCLR_STR(SIMCLR_EXT_VERSION);
+#else
+  info["version"] = "unknown";
+#endif
+  info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                          std::to_string(TORCH_VERSION_MINOR) + "." +
+                          std::to_string(TORCH_VERSION_PATCH);
+#ifdef WITH_CUDA
+  const int v = cuda_runtime_version_built();
+  info["with_cuda"] = true;
+  info["cuda_version"] = std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  info["cuda_archs"] = cuda_arch_list();
+#else
+  info["with_cuda"] = false;
+  info["cuda_version"] = pybind11::none();
+  info["cuda_archs"] = pybind11::none();
+#endif
+  return info;
+}
+
+}  // namespace simclr_ext
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "simclr_ext fused kernels (NT-Xent, LARS, color distortion)";
+  m.def("build_info", &simclr_ext::build_info,
+        "How this extension was built: version, with_cuda, cuda_archs, torch/CUDA versions");
+
+  // NT-Xent (csrc/ntxent): see ntxent.h for the layout of rows, columns and weights.
+  m.def("ntxent_normalize", &simclr_ext::ntxent::normalize, pybind11::arg("z"),
+        "u = z / max(||z||, 1e-12) and the row norms");
+}

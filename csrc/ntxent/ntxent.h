@@ -1,0 +1,54 @@
+// NT-Xent loss op (DESIGN 3.1): entry points bound in csrc/bindings.cpp and the per-backend
+// kernels they dispatch to.
+//
+// Layout shared by every function here:
+//   u_rows: [R, D] this rank's L2-normalized rows, [view 1; view 2], R even (R = 2n)
+//   u_cols: [C, D] all normalized columns (the gathered rows of every rank; u_rows itself in one
+//           process). Row i is column row_offset + i; its positive is column
+//           row_offset + (i + R/2) % R (ntxent_math.h: positive_col).
+//   row_lse: [R] fp32 (fp64 for fp64 inputs), col_lse: [C], the log-sum-exp of each row over its
+//           columns except itself.
+//   row_weight: [R], col_weight: [C], upstream gradient of each row's loss (1/2N for "mean").
+#pragma once
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace simclr_ext {
+namespace ntxent {
+
+// (u, norm): u = z / max(||z||, eps) in z's dtype (computed in fp32/fp64), norm [R] = ||z|| in
+// the accumulation dtype (fp32, or fp64 for fp64 z).
+std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z);
+
+// (row_loss, row_lse), both [R] in the accumulation dtype: row_loss = lse - s_{i,pos(i)}.
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                           int64_t row_offset, double temperature);
+
+// grad_z [R, D] in u's dtype: the exact gradient of sum_k w_k loss_k (over all C rows) with
+// respect to this rank's z rows, the normalization backward included:
+//   grad_u_i = 1/tau [ sum_{m != i} (w_i P_im + w_m P_mi) u_m - (w_i + w_pos(i)) u_pos(i) ]
+at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                      const at::Tensor& norm_rows, const at::Tensor& row_lse,
+                      const at::Tensor& col_lse, const at::Tensor& row_weight,
+                      const at::Tensor& col_weight, int64_t row_offset, double temperature);
+
+// Backends: inputs already validated (same device, contiguous, shapes checked).
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                               int64_t row_offset, double temperature);
+at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                        const at::Tensor& norm_rows, const at::Tensor& row_lse,
+                        const at::Tensor& col_lse, const at::Tensor& row_weight,
+                        const at::Tensor& col_weight, int64_t row_offset, double temperature);
+#ifdef WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
+                                                const at::Tensor& u_cols, int64_t row_offset,
+                                                double temperature);
+at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                         const at::Tensor& norm_rows, const at::Tensor& row_lse,
+                         const at::Tensor& col_lse, const at::Tensor& row_weight,
+                         const at::Tensor& col_weight, int64_t row_offset, double temperature);
+#endif
+
+}  // namespace ntxent
+}  // namespace simclr_ext

@@ -1,0 +1,82 @@
+// NT-Xent per-row math, written once for the CPU and the CUDA kernels (DESIGN 3.1).
+// `acc_t` is the accumulation type: float for fp32/bf16/fp16 inputs, double for the fp64 path.
+#pragma once
+#include <c10/macros/Macros.h>
+#include <math.h>
+
+namespace simclr_ext {
+namespace ntxent {
+
+// Same eps as torch.nn.functional.normalize: u = z / max(||z||, eps).
+constexpr double kNormEps = 1e-12;
+
+C10_HOST_DEVICE inline float exp_acc(float x) { return ::expf(x); }
+C10_HOST_DEVICE inline double exp_acc(double x) { return ::exp(x); }
+C10_HOST_DEVICE inline float log_acc(float x) { return ::logf(x); }
+C10_HOST_DEVICE inline double log_acc(double x) { return ::log(x); }
+
+// Online log-sum-exp state of one row: running max and the sum of exp(x - max).
+// Start: max = -inf, sum = 0.
+template <typename acc_t>
+C10_HOST_DEVICE inline void lse_init(acc_t& run_max, acc_t& run_sum) {
+  run_max = -INFINITY;
+  run_sum = acc_t(0);
+}
+
+// Push one logit. When a new maximum arrives the old sum is rescaled by exp(old - new) so every
+// term stays <= 1: no overflow even at temperature 0.01 (logits up to 100). A NaN logit fails
+// the comparison and turns the sum into NaN, so NaN in gives NaN out.
+template <typename acc_t>
+C10_HOST_DEVICE inline void lse_push(acc_t& run_max, acc_t& run_sum, acc_t x) {
+  if (x > run_max) {
+    run_sum = run_sum * exp_acc(run_max - x) + acc_t(1);
+    run_max = x;
+  } else {
+    run_sum += exp_acc(x - run_max);
+  }
+}
+
+// Merge another partial state (a tile's max and sum) into the running one.
+template <typename acc_t>
+C10_HOST_DEVICE inline void lse_merge(acc_t& run_max, acc_t& run_sum, acc_t tile_max,
+                                      acc_t tile_sum) {
+  if (tile_sum == acc_t(0) && tile_max == -INFINITY) return;  // empty tile (all self-masked)
+  if (tile_max > run_max) {
+    run_sum = run_sum * exp_acc(run_max - tile_max) + tile_sum;
+    run_max = tile_max;
+  } else {
+    run_sum += tile_sum * exp_acc(tile_max - run_max);
+  }
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t lse_value(acc_t run_max, acc_t run_sum) {
+  return run_max + log_acc(run_sum);
+}
+
+// The backward's coefficient of u_m in row k's gradient, w_k P_km + w_m P_mk, where
+// P_km = exp(s_km - lse_k) and, because s is symmetric, P_mk = exp(s_km - lse_m): one similarity
+// and the two saved row LSEs give both. w_k, w_m are the upstream gradients of loss_k and loss_m
+// (1/2N each for "mean").
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t pair_coeff(acc_t s_km, acc_t lse_k, acc_t lse_m, acc_t w_k,
+                                        acc_t w_m) {
+  return w_k * exp_acc(s_km - lse_k) + w_m * exp_acc(s_km - lse_m);
+}
+
+// Backward of u = z / max(||z||, eps) for one element, given dot = u . grad_u over the row:
+// grad_z = (grad_u - u (u . grad_u)) / ||z|| above eps; below it u = z / eps is linear in z.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t normalize_backward(acc_t grad_u, acc_t u, acc_t u_dot_grad,
+                                                acc_t norm) {
+  return norm > acc_t(kNormEps) ? (grad_u - u * u_dot_grad) / norm : grad_u / acc_t(kNormEps);
+}
+
+// Column of row i's positive: rows are [view 1; view 2] of this rank (R rows, R even) and sit at
+// columns [row_offset, row_offset + R) of the gathered columns.
+C10_HOST_DEVICE inline int64_t positive_col(int64_t i, int64_t rows, int64_t row_offset) {
+  return row_offset + (i + rows / 2) % rows;
+}
+
+}  // namespace ntxent
+}  // namespace simclr_ext

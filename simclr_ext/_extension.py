@@ -1,0 +1,54 @@
+"""Loads the compiled extension simclr_ext._C, refusing a torch it was not built against.
+
+A C++ extension is tied to the exact torch it was compiled with: loaded under another one it
+fails with undefined symbols or, worse, crashes. The torch version is therefore recorded at build
+time (simclr_ext/_build_config.py, written by setup.py) and compared before _C is loaded.
+"""
+import torch
+
+REBUILD_HINT = (
+    "Rebuild simclr_ext against the installed torch: from its source tree run "
+    "`pip install --force-reinstall --no-deps --no-cache-dir .` (see README, 'Packaging')."
+)
+
+try:
+    from . import _build_config as build_config
+except ImportError:  # a build that did not go through setup.py (e.g. the CMake build)
+    build_config = None
+
+if build_config is not None and build_config.TORCH_VERSION != torch.__version__:
+    raise ImportError(
+        f"simclr_ext was built against torch {build_config.TORCH_VERSION}, but torch "
+        f"{torch.__version__} is installed. {REBUILD_HINT}"
+    )
+
+try:
+    from . import _C
+except ImportError as exc:
+    raise ImportError(
+        f"simclr_ext's compiled extension (simclr_ext._C) could not be loaded under torch "
+        f"{torch.__version__}: {exc}. It is missing, or was built against another torch. "
+        f"{REBUILD_HINT}"
+    ) from exc
+
+_compiled_torch = _C.build_info()["torch_version"]
+if _compiled_torch != torch.__version__.split("+")[0]:
+    raise ImportError(
+        f"simclr_ext._C was compiled against torch {_compiled_torch}, but torch "
+        f"{torch.__version__} is installed. {REBUILD_HINT}"
+    )
+
+
+def build_info() -> dict:
+    """How the extension was built.
+
+    Returns a dict with ``version``, ``with_cuda`` (whether the CUDA kernels were compiled),
+    ``cuda_archs`` (e.g. ``"800,900"``), ``cuda_version`` and ``torch_version`` as compiled into
+    ``_C``, plus ``torch_version_full`` and ``cuda_arch_list`` recorded by setup.py when
+    available.
+    """
+    info = dict(_C.build_info())
+    if build_config is not None:
+        info["torch_version_full"] = build_config.TORCH_VERSION
+        info["cuda_arch_list"] = build_config.CUDA_ARCH_LIST
+    return info
