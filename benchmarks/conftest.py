@@ -1,0 +1,34 @@
+"""pytest-benchmark configuration: `pytest benchmarks --benchmark-only`.
+
+Every benchmark records extra_info: op, impl (fused / reference / compiled / library baseline),
+device, shape, peak_mib. benchmarks/run_benchmarks.py saves the JSON under
+benchmarks/results/<device>/ and benchmarks/report.py turns it into README's tables.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--bench-device", default=None, choices=["cpu", "cuda"],
+        help="run only this device's benchmarks (default: cpu, plus cuda when available)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_device" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--bench-device")
+        devices = [chosen] if chosen else (["cpu", "cuda"] if HAS_CUDA else ["cpu"])
+        params = [pytest.param(d, marks=[pytest.mark.cuda] if d == "cuda" else []) for d in devices]
+        metafunc.parametrize("bench_device", params)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: a CUDA benchmark")
