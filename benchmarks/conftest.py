@@ -30,5 +30,15 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("bench_device", params)
 
 
+@pytest.fixture(autouse=True)
+def _name_the_machine(request):
+    """Every result names the machine that produced it (report.py prints it with the table)."""
+    if "benchmark" in request.fixturenames:
+        import harness
+
+        dev = request.getfixturevalue("bench_device") if "bench_device" in request.fixturenames else "cpu"
+        request.getfixturevalue("benchmark").extra_info["device_name"] = harness.device_name(dev)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: a CUDA benchmark")

@@ -16,23 +16,26 @@ ROOT = BENCH_DIR.parent
 MIB = 2**20
 
 
+def device_name(device: str = "cpu") -> str:
+    """Readable name of the machine that runs `device`, e.g. 'NVIDIA H100 80GB HBM3'."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def device_slug(device: str = "cpu") -> str:
     """A directory name for the machine that produced a result, e.g. 'cpu-amd-epyc-9654-2c'."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1]
-                    break
-        except OSError:
-            pass
-        name = f"cpu {name} {os.cpu_count()}c"
+    name = device_name(device) if device == "cuda" else "cpu " + device_name(device)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    slug = re.sub(r"-(processor|cpu-@.*?)(?=-\d+c$)", "", slug)
-    return slug
+    return re.sub(r"-cores$", "c", slug)
 
 
 def results_dir(device: str = "cpu") -> Path:
@@ -66,9 +69,10 @@ def cpu_peak_mib(target: str, **kwargs) -> float:
     target is 'module:function' importable from benchmarks/ or the repository root;
     function(**kwargs) builds the inputs and returns the zero-argument callable to measure.
     """
-    code = _CHILD.format(
-        paths=[str(BENCH_DIR), str(ROOT)], target=target, kwargs=json.dumps(kwargs)
-    )
+    paths = [str(BENCH_DIR)]
+    if list((ROOT / "simclr_ext").glob("_C*.so")):  # an in-place build; else the installed one
+        paths.append(str(ROOT))
+    code = _CHILD.format(paths=paths, target=target, kwargs=json.dumps(kwargs))
     env = dict(os.environ)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env,
