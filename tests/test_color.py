@@ -36,6 +36,7 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
+@pytest.mark.sanitize  # small: gpu_check.sh runs the cuda cases under compute-sanitizer
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("hw", [(19, 23), (64, 72)])  # odd sizes; HW % 4 == 0 (CUDA vector path)
 def test_matches_reference_all_orders(device, dtype, hw, gen):
@@ -176,6 +177,7 @@ def test_reference_module_matches_fused(device, gen):
     torch.testing.assert_close(fused, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_channels_last(device, dtype, gen):
     images = random_images(24, 15, 22, dtype, device, gen)

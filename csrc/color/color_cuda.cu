@@ -83,7 +83,10 @@ __global__ void __launch_bounds__(kThreads)
       float r = to_unit(src[px * l.pixel]);
       float g = to_unit(src[px * l.pixel + l.channel]);
       float b = to_unit(src[px * l.pixel + 2 * l.channel]);
-      for (int k = 0; k < p.contrast_step; ++k) apply_op(p.order[k], p, 0.f, r, g, b);
+#pragma unroll
+      for (int k = 0; k < kNumOps; ++k) {  // unrolled with a guard: p.order stays in registers
+        if (k < p.contrast_step) apply_op(p.order[k], p, 0.f, r, g, b);
+      }
       sum += luma(r, g, b);
     }
     sum = block_sum(sum, shared);
@@ -91,13 +94,41 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__device__ __forceinline__ void pipeline(const ImageParams& p, float mean_luma, float& r,
-                                         float& g, float& b) {
+// The whole per-image pipeline on N pixels: the (block-uniform) op switch once per step, the
+// N pixels inside it.
+template <int N>
+__device__ __forceinline__ void pipeline(const ImageParams& p, float mean_luma, float (&r)[N],
+                                         float (&g)[N], float (&b)[N]) {
   if (p.jitter) {
 #pragma unroll
-    for (int k = 0; k < kNumOps; ++k) apply_op(p.order[k], p, mean_luma, r, g, b);
+    for (int k = 0; k < kNumOps; ++k) {
+      switch (p.order[k]) {
+        case kBrightness:
+#pragma unroll
+          for (int i = 0; i < N; ++i) adjust_brightness(r[i], g[i], b[i], p.factor[kBrightness]);
+          break;
+        case kContrast:
+#pragma unroll
+          for (int i = 0; i < N; ++i) {
+            adjust_contrast(r[i], g[i], b[i], p.factor[kContrast], mean_luma);
+          }
+          break;
+        case kSaturation:
+#pragma unroll
+          for (int i = 0; i < N; ++i) adjust_saturation(r[i], g[i], b[i], p.factor[kSaturation]);
+          break;
+        case kHue:
+#pragma unroll
+          for (int i = 0; i < N; ++i) adjust_hue(r[i], g[i], b[i], p.factor[kHue]);
+          break;
+        default: break;
+      }
+    }
   }
-  if (p.gray) to_grayscale(r, g, b);
+  if (p.gray) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) to_grayscale(r[i], g[i], b[i]);
+  }
 }
 
 template <typename out_t>
@@ -131,14 +162,20 @@ __global__ void __launch_bounds__(kThreads)
         const InVec rv = reinterpret_cast<const InVec*>(src)[q];
         const InVec gv = reinterpret_cast<const InVec*>(src + il.channel)[q];
         const InVec bv = reinterpret_cast<const InVec*>(src + 2 * il.channel)[q];
+        float r[VEC], g[VEC], b[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          r[i] = to_unit(rv.v[i]);
+          g[i] = to_unit(gv.v[i]);
+          b[i] = to_unit(bv.v[i]);
+        }
+        pipeline<VEC>(p, mean_luma, r, g, b);
         OutVec ro, go, bo;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-          float r = to_unit(rv.v[i]), g = to_unit(gv.v[i]), b = to_unit(bv.v[i]);
-          pipeline(p, mean_luma, r, g, b);
-          ro.v[i] = finish<out_t>(r, nm, 0);
-          go.v[i] = finish<out_t>(g, nm, 1);
-          bo.v[i] = finish<out_t>(b, nm, 2);
+          ro.v[i] = finish<out_t>(r[i], nm, 0);
+          go.v[i] = finish<out_t>(g[i], nm, 1);
+          bo.v[i] = finish<out_t>(b[i], nm, 2);
         }
         reinterpret_cast<OutVec*>(dst)[q] = ro;
         reinterpret_cast<OutVec*>(dst + ol.channel)[q] = go;
@@ -147,13 +184,13 @@ __global__ void __launch_bounds__(kThreads)
     } else {
       for (int64_t px = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; px < pixels;
            px += stride) {
-        float r = to_unit(src[px * il.pixel]);
-        float g = to_unit(src[px * il.pixel + il.channel]);
-        float b = to_unit(src[px * il.pixel + 2 * il.channel]);
-        pipeline(p, mean_luma, r, g, b);
-        dst[px * ol.pixel] = finish<out_t>(r, nm, 0);
-        dst[px * ol.pixel + ol.channel] = finish<out_t>(g, nm, 1);
-        dst[px * ol.pixel + 2 * ol.channel] = finish<out_t>(b, nm, 2);
+        float r[1] = {to_unit(src[px * il.pixel])};
+        float g[1] = {to_unit(src[px * il.pixel + il.channel])};
+        float b[1] = {to_unit(src[px * il.pixel + 2 * il.channel])};
+        pipeline<1>(p, mean_luma, r, g, b);
+        dst[px * ol.pixel] = finish<out_t>(r[0], nm, 0);
+        dst[px * ol.pixel + ol.channel] = finish<out_t>(g[0], nm, 1);
+        dst[px * ol.pixel + 2 * ol.channel] = finish<out_t>(b[0], nm, 2);
       }
     }
   }
