@@ -45,9 +45,9 @@ C10_HOST_DEVICE inline float trunc_nonneg(float x) {
 }
 
 #if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__clang__)
-// Only inlined into the CPU blocks; GCC's note that 32-byte vector arguments have an ABI that
-// depends on -mavx does not concern a function that is never called across objects.
-#pragma GCC diagnostic ignored "-Wpsabi"
+// 8 float lanes for the CPU blocks (GCC vector extension; two SSE registers or one AVX2). GCC
+// prints a -Wpsabi note on the function below: its vector ABI differs with -mavx, which does not
+// matter for an inline function that is never called across objects.
 typedef float float8 __attribute__((vector_size(32)));
 typedef int int8v __attribute__((vector_size(32)));
 inline float8 trunc_nonneg(float8 x) {
