@@ -167,6 +167,22 @@ def test_generator_seed_reproduces_output(device, gen):
     assert torch.unique(params.factors[:, 0]).numel() == 16
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_sampling_and_kernel_make_no_host_sync():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    m = simclr_ext.ColorDistortion(generator=torch.Generator("cuda").manual_seed(0),
+                                   mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    m(images)  # warm-up: lazy initializations may synchronize once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = m(images)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert out.shape == images.shape
+
+
 def test_reference_module_matches_fused(device, gen):
     images = random_images(12, 16, 16, torch.uint8, device, gen)
     kwargs = dict(strength=0.7, p=0.9, p_gray=0.3, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])
