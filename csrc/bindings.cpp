@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "color/color.h"
 #include "ntxent/ntxent.h"
 
 #define SIMCLR_STR_(x) #x
@@ -49,4 +50,11 @@ PYBIND11_MODULE(_C, m) {
   // NT-Xent (csrc/ntxent): see ntxent.h for the layout of rows, columns and weights.
   m.def("ntxent_normalize", &simclr_ext::ntxent::normalize, pybind11::arg("z"),
         "u = z / max(||z||, 1e-12) and the row norms");
+
+  // Color distortion (csrc/color): see color.h for the parameter tensors' layout.
+  m.def("color_distort", &simclr_ext::color::distort, pybind11::arg("images"),
+        pybind11::arg("factors"), pybind11::arg("order"), pybind11::arg("apply_jitter"),
+        pybind11::arg("apply_gray"), pybind11::arg("out"), pybind11::arg("mean"),
+        pybind11::arg("std"),
+        "Per-image SimCLR color distortion of images into out (returned); mean/std: [] or 3");
 }

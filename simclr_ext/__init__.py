@@ -5,7 +5,11 @@ ColorDistortion / color_distort (per-sample SimCLR color distortion), build_info
 """
 from ._extension import build_info
 from . import _ops as ops
+from .augment import ColorDistortion, ColorParams, color_distort, sample_color_params
 
 __version__ = build_info()["version"]
 
-__all__ = ["build_info", "ops", "__version__"]
+__all__ = [
+    "build_info", "ops", "__version__",
+    "ColorDistortion", "ColorParams", "color_distort", "sample_color_params",
+]

@@ -2,7 +2,7 @@
 kernel and autograd, so torch.compile keeps the ops in its graph and autograd reaches the fused
 backward kernels. Public wrappers (simclr_ext.loss, .optim, .augment) call these.
 """
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -57,3 +57,46 @@ def _normalize_backward(ctx, grad_u, grad_norm):
 
 
 ntxent_normalize.register_autograd(_normalize_backward, setup_context=_normalize_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# color_distort: per-image SimCLR color jitter (in each image's order) + grayscale, fused
+# --------------------------------------------------------------------------------------------
+def color_out_memory_format(images: Tensor) -> torch.memory_format:
+    """The result keeps a channels-last input channels-last; everything else gets NCHW."""
+    if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(
+        memory_format=torch.channels_last
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.custom_op("simclr_ext::color_distort", mutates_args=())
+def color_distort(
+    images: Tensor,
+    factors: Tensor,
+    order: Tensor,
+    apply_jitter: Tensor,
+    apply_gray: Tensor,
+    out_dtype: torch.dtype,
+    mean: Optional[List[float]],
+    std: Optional[List[float]],
+) -> Tensor:
+    """images [B, 3, H, W] uint8/floating -> [B, 3, H, W] out_dtype (see simclr_ext.augment)."""
+    out = torch.empty(
+        images.shape, dtype=out_dtype, device=images.device,
+        memory_format=color_out_memory_format(images),
+    )
+    return _C.color_distort(
+        images, factors, order, apply_jitter, apply_gray, out, list(mean or []), list(std or [])
+    )
+
+
+@color_distort.register_fake
+def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
+    torch._check(images.dim() == 4, lambda: f"images must be 4-d, got {tuple(images.shape)}")
+    torch._check(images.shape[1] == 3, lambda: "images must have 3 channels in dim 1")
+    return torch.empty(
+        images.shape, dtype=out_dtype, device=images.device,
+        memory_format=color_out_memory_format(images),
+    )

@@ -1,0 +1,199 @@
+"""SimCLR color distortion on batches, per image, in one fused kernel (DESIGN 3.3).
+
+Parameters of a batch of B images (what `ColorDistortion.sample_params` draws and
+`color_distort` takes):
+
+    factors       [B, 4] float32: brightness, contrast, saturation (>= 0) and hue (in [-0.5, 0.5])
+    order         [B, 4] int64: order[i, k] is the op applied at step k to image i, a permutation
+                  of 0 = brightness, 1 = contrast, 2 = saturation, 3 = hue
+    apply_jitter  [B] bool: whether image i gets the four ops at all
+    apply_gray    [B] bool: whether image i is then turned to grayscale (3 equal channels)
+
+Semantics, image by image: torchvision.transforms.v2.functional adjust_brightness /
+adjust_contrast / adjust_saturation / adjust_hue in that image's order (each clamps to [0, 1];
+contrast blends with the mean luma of the image as it is at that step), then
+rgb_to_grayscale(num_output_channels=3), all in float32 on images scaled to [0, 1] (uint8 / 255,
+as to_dtype(float32, scale=True)); optionally (x - mean[c]) / std[c] fused into the store.
+"""
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import _ops
+
+OP_NAMES = ("brightness", "contrast", "saturation", "hue")
+
+
+class ColorParams(NamedTuple):
+    """Explicit per-image parameters of one distortion (shapes in the module docstring)."""
+
+    factors: Tensor
+    order: Tensor
+    apply_jitter: Tensor
+    apply_gray: Tensor
+
+
+def _norm_arg(value, name):
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        value = value.tolist()  # a host copy: pass Python floats to stay synchronization-free
+    try:
+        value = [float(v) for v in value]
+    except TypeError as exc:
+        raise TypeError(f"{name} must be a sequence of 3 floats, got {value!r}") from exc
+    if len(value) != 3:
+        raise ValueError(f"{name} must have 3 entries (one per channel), got {len(value)}")
+    return value
+
+
+def _check_param(t, name, batch, shape_tail, device):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    expected = (batch,) + shape_tail
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected} (one row per image), got "
+                         f"{tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on the images' device {device}, got {t.device}")
+
+
+def color_distort(
+    images: Tensor,
+    factors: Tensor,
+    order: Tensor,
+    apply_jitter: Tensor,
+    apply_gray: Tensor,
+    *,
+    out_dtype: Optional[torch.dtype] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+) -> Tensor:
+    """Per-image color distortion with explicit parameters (see the module docstring).
+
+    images: [B, 3, H, W] uint8, or float32 / bfloat16 / float16 (float64 accepted) in [0, 1],
+    contiguous or channels_last, on CPU or CUDA. Returns [B, 3, H, W] in out_dtype (default
+    float32), channels_last when images is. mean / std (3 floats each, or None): the result is
+    (x - mean[c]) / std[c]. Math is float32 whatever the dtypes.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be a 4-d batch [B, 3, H, W], got shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        raise ValueError(f"images must have 3 (RGB) channels in dim 1, got shape "
+                         f"{tuple(images.shape)}")
+    if not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
+        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
+    batch, device = images.shape[0], images.device
+    _check_param(factors, "factors", batch, (4,), device)
+    _check_param(order, "order", batch, (4,), device)
+    _check_param(apply_jitter, "apply_jitter", batch, (), device)
+    _check_param(apply_gray, "apply_gray", batch, (), device)
+    if not factors.dtype.is_floating_point:
+        raise TypeError(f"factors must be floating (float32), got {factors.dtype}")
+    if order.dtype.is_floating_point or order.dtype == torch.bool or order.is_complex():
+        raise TypeError(f"order must be an integer tensor (int64), got {order.dtype}")
+    for name, t in (("apply_jitter", apply_jitter), ("apply_gray", apply_gray)):
+        if t.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
+    if out_dtype is None:
+        out_dtype = torch.float32
+    if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
+        raise TypeError(f"out_dtype must be a floating torch.dtype, got {out_dtype!r}")
+    mean, std = _norm_arg(mean, "mean"), _norm_arg(std, "std")
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together")
+    if std is not None and any(s == 0 for s in std):
+        raise ValueError(f"std must be nonzero, got {std}")
+    return _ops.color_distort(
+        images, factors.to(torch.float32), order.to(torch.int64), apply_jitter, apply_gray,
+        out_dtype, mean, std,
+    )
+
+
+def sample_color_params(
+    batch_size: int,
+    device,
+    strength: float = 1.0,
+    p: float = 0.8,
+    p_gray: float = 0.2,
+    generator: Optional[torch.Generator] = None,
+) -> ColorParams:
+    """Draw SimCLR's per-image parameters on `device` with torch ops (no host synchronization).
+
+    brightness, contrast, saturation ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s], hue ~ U[-h, h] with
+    h = min(0.2 s, 0.5) (torchvision's hue range ends at 0.5); order = argsort of uniforms (a
+    uniform random permutation per image); apply_jitter ~ Bernoulli(p), apply_gray ~
+    Bernoulli(p_gray). Draw order: factors [B, 4], then order [B, 4], then the two coins [B, 2],
+    all from `generator` when given.
+    """
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, but the images are on {device}: "
+                         f"create it with torch.Generator(device={device.type!r})")
+    lo, hi = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
+    hue_max = min(0.2 * strength, 0.5)
+    u = torch.rand(batch_size, 4, generator=generator, device=device)
+    # Python-scalar arithmetic only: a torch.tensor([...], device="cuda") would be a blocking copy.
+    factors = torch.cat((u[:, :3] * (hi - lo) + lo, u[:, 3:] * (2.0 * hue_max) - hue_max), dim=1)
+    order = torch.rand(batch_size, 4, generator=generator, device=device).argsort(dim=1)
+    coins = torch.rand(batch_size, 2, generator=generator, device=device)
+    return ColorParams(factors, order, coins[:, 0] < p, coins[:, 1] < p_gray)
+
+
+def _check_probability(value, name):
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+class ColorDistortion(nn.Module):
+    """SimCLR color distortion of a batch, every image with its own parameters.
+
+    ColorDistortion(strength=1.0, p=0.8, p_gray=0.2, generator=None, *, out_dtype=None,
+    mean=None, std=None): with probability p, color jitter (brightness, contrast, saturation
+    0.8 s, hue 0.2 s) in a random order per image, then grayscale with probability p_gray
+    (SimCLR's get_color_distortion(s), per image instead of per batch). forward(images) takes
+    [B, 3, H, W] uint8 or floating in [0, 1] and returns float (out_dtype, default float32),
+    optionally normalized ((x - mean) / std). The parameters are drawn on the images' device
+    from `generator` (a torch.Generator on that device) or the default generator;
+    `sample_params` returns them so `color_distort` reproduces a result exactly.
+    """
+
+    def __init__(self, strength: float = 1.0, p: float = 0.8, p_gray: float = 0.2,
+                 generator: Optional[torch.Generator] = None, *,
+                 out_dtype: Optional[torch.dtype] = None, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None):
+        super().__init__()
+        if not float(strength) >= 0.0:
+            raise ValueError(f"strength must be >= 0, got {strength}")
+        _check_probability(p, "p")
+        _check_probability(p_gray, "p_gray")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if out_dtype is not None and not (isinstance(out_dtype, torch.dtype)
+                                          and out_dtype.is_floating_point):
+            raise TypeError(f"out_dtype must be a floating torch.dtype, got {out_dtype!r}")
+        self.strength, self.p, self.p_gray = float(strength), float(p), float(p_gray)
+        self.generator = generator
+        self.out_dtype = out_dtype
+        self.mean, self.std = _norm_arg(mean, "mean"), _norm_arg(std, "std")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std must be given together")
+
+    def sample_params(self, batch_size: int, device) -> ColorParams:
+        """The parameters the next forward on `batch_size` images on `device` would use."""
+        return sample_color_params(batch_size, device, self.strength, self.p, self.p_gray,
+                                   self.generator)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            raise ValueError("images must be a 4-d batch [B, 3, H, W], got "
+                             f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
+        params = self.sample_params(images.shape[0], images.device)
+        return color_distort(images, *params, out_dtype=self.out_dtype, mean=self.mean,
+                             std=self.std)
+
+    def extra_repr(self) -> str:
+        return f"strength={self.strength}, p={self.p}, p_gray={self.p_gray}"
