@@ -12,8 +12,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ntxent/ntxent.h"
@@ -53,6 +56,92 @@ inline TileRange tile_range(int64_t tile, int64_t n) {
 // A [rows, cols] contiguous view of a flat per-thread buffer.
 inline at::Tensor tile_view(at::Tensor& buf, int64_t rows, int64_t cols) {
   return buf.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// ---- fp32 elementwise passes over a tile: exp fused with what follows it ----------------------
+// ATen's exp_ is a separate pass (~0.8 ns per element here); these loops do exp and the sums or
+// the coefficient product in one pass, vectorized by the compiler for the best ISA of the
+// running CPU (target_clones: AVX-512, AVX2, baseline).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SIMCLR_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SIMCLR_ISA_CLONES
+#endif
+
+// exp(x) for the shifted logits (x <= ~0): x = n ln2 + r with |r| <= ln2/2 (Cephes' two-part
+// ln2), exp(r) by Cephes' degree-6 polynomial (~2 ulp), 2^n written into the exponent bits.
+// Below -87 the result is 0 (it would be subnormal); -inf gives 0 (the self mask); NaN stays NaN.
+inline float exp_shifted_f32(float x) {
+  const float xc = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
+  // round-to-nearest by the 1.5 * 2^23 trick: vectorizes without a float->int rounding mode
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  const float e = y * scale;
+  return x < -87.0f ? 0.0f : (x != x ? x : e);
+}
+
+SIMCLR_ISA_CLONES
+void exp_shift_sums_f32(float* s, int64_t rows, int64_t cols, float shift, float* row_acc,
+                        float* col_acc) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* sr = s + i * cols;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; ++j) {
+      const float e = exp_shifted_f32(sr[j] - shift);
+      sr[j] = e;
+      sum += e;
+    }
+    row_acc[i] += sum;
+    if (col_acc != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) col_acc[j] += sr[j];
+    }
+  }
+}
+
+SIMCLR_ISA_CLONES
+void pair_coeff_shifted_f32(float* s, int64_t rows, int64_t cols, float shift, const float* a_i,
+                            const float* a_j) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* sr = s + i * cols;
+    const float ai = a_i[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) sr[j] = exp_shifted_f32(sr[j] - shift) * (ai + a_j[j]);
+  }
+}
+
+// e = exp(S - shift) in place (masked cells hold -inf and give 0); row_acc[i] += sum_j e_ij,
+// and col_acc[j] += sum_i e_ij when col_acc is given.
+template <typename acc_t>
+void exp_shift_sums(at::Tensor& S, acc_t shift, acc_t* row_acc, acc_t* col_acc) {
+  S.sub_(shift).exp_();
+  const acc_t* e = S.data_ptr<acc_t>();
+  const int64_t rows = S.size(0), cols = S.size(1);
+  for (int64_t i = 0; i < rows; ++i) {
+    const acc_t* er = e + i * cols;
+    acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; ++j) sum += er[j];
+    row_acc[i] += sum;
+    if (col_acc != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) col_acc[j] += er[j];
+    }
+  }
+}
+
+template <>
+void exp_shift_sums<float>(at::Tensor& S, float shift, float* row_acc, float* col_acc) {
+  exp_shift_sums_f32(S.data_ptr<float>(), S.size(0), S.size(1), shift, row_acc, col_acc);
 }
 
 // s_pos[i] = u_i . u_pos(i) / tau, in acc_t.
@@ -104,26 +193,14 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, const at::Tensor& us, double 
         const TileRange ri = tile_range(I, R), rj = tile_range(J, R);
         at::Tensor S = tile_view(buf, ri.size, rj.size);
         at::mm_out(S, us.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size).t());
-        S.sub_(shift).exp_();
         acc_t* e = S.data_ptr<acc_t>();
-        // Self excluded exactly: the diagonal of a diagonal tile contributes 0, not exp(0).
+        // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp gives 0.
         if (I == J)
-          for (int64_t i = 0; i < ri.size; ++i) e[i * rj.size + i] = acc_t(0);
-        acc_t* row_acc = acc + ri.begin;
-        acc_t* col_acc = acc + rj.begin;
-        for (int64_t i = 0; i < ri.size; ++i) {
-          const acc_t* er = e + i * rj.size;
-          acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-          for (int64_t j = 0; j < rj.size; ++j) s += er[j];
-          row_acc[i] += s;
-          // The transposed tile s_JI: its row sums are this tile's column sums. A diagonal
-          // tile is its own transpose, counted once.
-          if (I != J) {
-#pragma omp simd
-            for (int64_t j = 0; j < rj.size; ++j) col_acc[j] += er[j];
-          }
-        }
+          for (int64_t i = 0; i < ri.size; ++i)
+            e[i * rj.size + i] = -std::numeric_limits<acc_t>::infinity();
+        // The transposed tile s_JI: its row sums are this tile's column sums. A diagonal tile
+        // is its own transpose, counted once.
+        exp_shift_sums<acc_t>(S, shift, acc + ri.begin, I != J ? acc + rj.begin : nullptr);
       }
     }
   });
@@ -158,16 +235,9 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
         const int64_t self_lo = std::max(ri.begin + row_offset, rj.begin);
         const int64_t self_hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
         if (fixed) {
-          S.sub_(shift).exp_();
           for (int64_t c = self_lo; c < self_hi; ++c)
-            s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = acc_t(0);
-          for (int64_t i = 0; i < ri.size; ++i) {
-            const acc_t* er = s + i * rj.size;
-            acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < rj.size; ++j) sum += er[j];
-            run_sum[i] += sum;
-          }
+            s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = kNegInf;
+          exp_shift_sums<acc_t>(S, shift, run_sum.data(), nullptr);
         } else {
           for (int64_t c = self_lo; c < self_hi; ++c)
             s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = kNegInf;
@@ -240,6 +310,28 @@ void pair_coeff_tile(at::Tensor& S, at::Tensor& tmp, const at::Tensor& lse_i,
   S.sub_(lse_j.unsqueeze(0)).exp_().mul_(w_j.unsqueeze(0)).add_(tmp);
 }
 
+// Same M with one exp per logit, for the symmetric schedule under the fixed shift c = 1/tau:
+//   M_ij = exp(s_ij - c) (a_i + a_j),   a_k = (w_k / w_scale) exp(c - lse_k)
+// exp(c - lse_k) <= exp(2/tau) stays finite where fixed_shift_ok holds; dividing the weights by
+// w_scale = max |w| keeps a_k finite for any upstream scale (e.g. a loss scaler's 2^16), and
+// the caller multiplies G by w_scale back.
+template <typename acc_t>
+void pair_coeff_tile_shifted(at::Tensor& S, const acc_t* a_i, const acc_t* a_j, acc_t shift) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    pair_coeff_shifted_f32(S.data_ptr<float>(), S.size(0), S.size(1), shift, a_i, a_j);
+    return;
+  }
+  S.sub_(shift).exp_();
+  acc_t* m = S.data_ptr<acc_t>();
+  const int64_t rows = S.size(0), cols = S.size(1);
+  for (int64_t i = 0; i < rows; ++i) {
+    acc_t* mr = m + i * cols;
+    const acc_t ai = a_i[i];
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) mr[j] *= ai + a_j[j];
+  }
+}
+
 // grad_u_i = 1/tau [G_i - (w_i + w_pos(i)) u_pos(i)], then the normalization backward, written
 // as grad_z in the input dtype. G = sum_{m != i} M_im u_m.
 template <typename acc_t>
@@ -282,7 +374,7 @@ at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::
 // Returns G, or an undefined tensor when the per-thread accumulators would exceed the budget.
 template <typename acc_t>
 at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::Tensor& lse,
-                          const at::Tensor& w) {
+                          const at::Tensor& w, double temperature) {
   const int64_t R = u.size(0), D = u.size(1);
   const int64_t nt = (R + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;
@@ -292,11 +384,20 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::T
   const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), npairs));
   if (P > 1 && P * R * D * static_cast<int64_t>(sizeof(acc_t)) > kAccumulatorBudget) return {};
   at::Tensor acc = at::zeros({P, R, D}, u.options());
+  const bool shifted = fixed_shift_ok<acc_t>(temperature);
+  const acc_t shift = acc_t(1.0 / temperature);
+  acc_t w_scale = acc_t(1);
+  at::Tensor a;
+  if (shifted) {
+    w_scale = w.abs().max().item<acc_t>();
+    if (!(w_scale > acc_t(0)) || std::isinf(w_scale)) w_scale = acc_t(1);  // 0, inf, NaN
+    a = (w / w_scale) * (shift - lse).exp();
+  }
 
   at::parallel_for(0, P, 1, [&](int64_t pb, int64_t pe) {
     for (int64_t p = pb; p < pe; ++p) {
       at::Tensor buf = at::empty({kTile * kTile}, u.options());
-      at::Tensor tmp_buf = at::empty({kTile * kTile}, u.options());
+      at::Tensor tmp_buf = shifted ? buf : at::empty({kTile * kTile}, u.options());
       at::Tensor G = acc.select(0, p);
       for (int64_t q = p; q < npairs; q += P) {
         const auto [I, J] = pairs[q];
@@ -306,9 +407,14 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::T
         const at::Tensor u_i = u.narrow(0, ri.begin, ri.size);
         const at::Tensor u_j = u.narrow(0, rj.begin, rj.size);
         at::mm_out(S, us.narrow(0, ri.begin, ri.size), u_j.t());
-        pair_coeff_tile<acc_t>(S, tmp, lse.narrow(0, ri.begin, ri.size),
-                               w.narrow(0, ri.begin, ri.size), lse.narrow(0, rj.begin, rj.size),
-                               w.narrow(0, rj.begin, rj.size));
+        if (shifted) {
+          const acc_t* a_ptr = a.data_ptr<acc_t>();
+          pair_coeff_tile_shifted<acc_t>(S, a_ptr + ri.begin, a_ptr + rj.begin, shift);
+        } else {
+          pair_coeff_tile<acc_t>(S, tmp, lse.narrow(0, ri.begin, ri.size),
+                                 w.narrow(0, ri.begin, ri.size),
+                                 lse.narrow(0, rj.begin, rj.size), w.narrow(0, rj.begin, rj.size));
+        }
         if (I == J) {
           acc_t* m = S.data_ptr<acc_t>();
           for (int64_t i = 0; i < ri.size; ++i) m[i * rj.size + i] = acc_t(0);
@@ -318,7 +424,8 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::T
       }
     }
   });
-  return P == 1 ? acc.select(0, 0) : acc.sum(0);
+  at::Tensor G = P == 1 ? acc.select(0, 0) : acc.sum(0);
+  return w_scale == acc_t(1) ? G : G.mul_(w_scale);
 }
 
 // General schedule: each row tile sweeps all column tiles; G_I = sum_J M_IJ u_J.
@@ -371,7 +478,7 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
   at::Tensor G;
   // The symmetric schedule needs one weight and one lse per row, shared by rows and columns.
   if (same && row_offset == 0 && row_lse.is_same(col_lse) && row_weight.is_same(col_weight))
-    G = grad_symmetric<acc_t>(rows, us, row_lse, row_weight);
+    G = grad_symmetric<acc_t>(rows, us, row_lse, row_weight, temperature);
   if (!G.defined())
     G = grad_general<acc_t>(us, cols, row_lse, col_lse, row_weight, col_weight, row_offset);
   return finalize_grad<acc_t>(G, rows, cols, norm_rows, row_weight, col_weight, row_offset,
