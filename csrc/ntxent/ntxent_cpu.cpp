@@ -12,7 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
+#include <atomic>
 #include <cstdint>
 #include <cmath>
 #include <limits>
@@ -53,6 +53,31 @@ inline TileRange tile_range(int64_t tile, int64_t n) {
   return {b, std::min(kTile, n - b)};
 }
 
+// Runs body(chunk, next) on up to `chunks` threads; next() hands out the items [0, n) one at a
+// time from a shared counter (then -1), so a thread the OS preempts on a shared machine delays
+// only the item it holds instead of a static share. `chunk` indexes per-thread buffers.
+template <typename F>
+void parallel_items(int64_t n, int64_t chunks, const F& body) {
+  std::atomic<int64_t> counter{0};
+  auto next = [&counter, n]() {
+    const int64_t q = counter.fetch_add(1, std::memory_order_relaxed);
+    return q < n ? q : int64_t(-1);
+  };
+  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) body(c, next);
+  });
+}
+
+inline int64_t num_chunks(int64_t items) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+}
+
+// Logits of a row tile against a column tile into S: S = (a b^T) / tau, the 1/tau folded into
+// the GEMM's alpha (beta = 0: S's previous content is ignored).
+inline void logits_tile(at::Tensor& S, const at::Tensor& a, const at::Tensor& b, double inv_tau) {
+  S.addmm_(a, b.t(), /*beta=*/0, /*alpha=*/inv_tau);
+}
+
 // A [rows, cols] contiguous view of a flat per-thread buffer.
 inline at::Tensor tile_view(at::Tensor& buf, int64_t rows, int64_t cols) {
   return buf.narrow(0, 0, rows * cols).view({rows, cols});
@@ -83,7 +108,7 @@ inline float exp_shifted_f32(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
   const float e = y * scale;
   return x < -87.0f ? 0.0f : (x != x ? x : e);
 }
@@ -173,26 +198,27 @@ at::Tensor positive_logits(const at::Tensor& rows, const at::Tensor& cols, int64
 
 // Symmetric schedule with the fixed shift c = 1/tau: sum_k = sum_{l != k} exp(s_kl - c).
 template <typename acc_t>
-at::Tensor row_sums_symmetric(const at::Tensor& u, const at::Tensor& us, double temperature) {
+at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   const int64_t R = u.size(0);
   const int64_t nt = (R + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;
   for (int64_t I = 0; I < nt; ++I)
     for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
-  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), npairs));
+  const int64_t P = num_chunks(npairs);
   at::Tensor sums = at::zeros({P, R}, u.options());
   const acc_t shift = acc_t(1.0 / temperature);
 
-  at::parallel_for(0, P, 1, [&](int64_t pb, int64_t pe) {
-    for (int64_t p = pb; p < pe; ++p) {
+  parallel_items(npairs, P, [&](int64_t p, const auto& next) {
+    {
       at::Tensor buf = at::empty({kTile * kTile}, u.options());
       acc_t* acc = sums.data_ptr<acc_t>() + p * R;
-      for (int64_t q = p; q < npairs; q += P) {
+      for (int64_t q = next(); q >= 0; q = next()) {
         const auto [I, J] = pairs[q];
         const TileRange ri = tile_range(I, R), rj = tile_range(J, R);
         at::Tensor S = tile_view(buf, ri.size, rj.size);
-        at::mm_out(S, us.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size).t());
+        logits_tile(S, u.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size),
+                    1.0 / temperature);
         acc_t* e = S.data_ptr<acc_t>();
         // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp gives 0.
         if (I == J)
@@ -213,6 +239,7 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, const at::Tensor& us, double 
 template <typename acc_t>
 at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row_offset,
                        double temperature) {
+  const double inv_tau = 1.0 / temperature;
   const int64_t R = us.size(0), C = cols.size(0);
   const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
   at::Tensor lse = at::empty({R}, us.options());
@@ -220,16 +247,17 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
   const acc_t shift = acc_t(1.0 / temperature);
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
-  at::parallel_for(0, nti, 1, [&](int64_t tb, int64_t te) {
+  parallel_items(nti, num_chunks(nti), [&](int64_t, const auto& next) {
     at::Tensor buf = at::empty({kTile * kTile}, us.options());
     std::vector<acc_t> run_max(kTile), run_sum(kTile);
-    for (int64_t I = tb; I < te; ++I) {
+    for (int64_t I = next(); I >= 0; I = next()) {
       const TileRange ri = tile_range(I, R);
       for (int64_t i = 0; i < ri.size; ++i) lse_init(run_max[i], run_sum[i]);
       for (int64_t J = 0; J < ntj; ++J) {
         const TileRange rj = tile_range(J, C);
         at::Tensor S = tile_view(buf, ri.size, rj.size);
-        at::mm_out(S, us.narrow(0, ri.begin, ri.size), cols.narrow(0, rj.begin, rj.size).t());
+        logits_tile(S, us.narrow(0, ri.begin, ri.size), cols.narrow(0, rj.begin, rj.size),
+                    inv_tau);
         acc_t* s = S.data_ptr<acc_t>();
         // Columns of this tile that are rows of this row tile: (i, row_offset + i) is self.
         const int64_t self_lo = std::max(ri.begin + row_offset, rj.begin);
@@ -283,13 +311,11 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& u_rows, const 
                     (u_rows.data_ptr() == u_cols.data_ptr() && u_rows.sizes() == u_cols.sizes());
   const at::Tensor rows = u_rows.to(acc).contiguous();
   const at::Tensor cols = same ? rows : u_cols.to(acc).contiguous();
-  // 1/tau folded into the row operand once: the GEMM then yields logits directly.
-  const at::Tensor us = rows * (1.0 / temperature);
   at::Tensor lse;
   if (same && row_offset == 0 && fixed_shift_ok<acc_t>(temperature)) {
-    lse = row_sums_symmetric<acc_t>(rows, us, temperature).log_().add_(1.0 / temperature);
+    lse = row_sums_symmetric<acc_t>(rows, temperature).log_().add_(1.0 / temperature);
   } else {
-    lse = lse_general<acc_t>(us, cols, row_offset, temperature);
+    lse = lse_general<acc_t>(rows, cols, row_offset, temperature);
   }
   at::Tensor row_loss = lse - positive_logits<acc_t>(rows, cols, row_offset, temperature);
   return {row_loss, lse};
@@ -333,14 +359,14 @@ void pair_coeff_tile_shifted(at::Tensor& S, const acc_t* a_i, const acc_t* a_j, 
 }
 
 // grad_u_i = 1/tau [G_i - (w_i + w_pos(i)) u_pos(i)], then the normalization backward, written
-// as grad_z in the input dtype. G = sum_{m != i} M_im u_m.
+// as grad_z in the input dtype, in G's storage. G = sum_{m != i} M_im u_m.
 template <typename acc_t>
 at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::Tensor& cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_weight,
                          const at::Tensor& col_weight, int64_t row_offset, double temperature,
                          at::ScalarType out_dtype) {
   const int64_t R = rows.size(0), D = rows.size(1);
-  at::Tensor grad = at::empty({R, D}, rows.options());
+  at::Tensor grad = G;  // written in place: each row reads its G_i before overwriting it
   const acc_t* g = G.data_ptr<acc_t>();
   const acc_t* u = rows.data_ptr<acc_t>();
   const acc_t* v = cols.data_ptr<acc_t>();
@@ -373,17 +399,18 @@ at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::
 // Symmetric schedule: G = M u with M symmetric, each upper tile used for both of its sides.
 // Returns G, or an undefined tensor when the per-thread accumulators would exceed the budget.
 template <typename acc_t>
-at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::Tensor& lse,
-                          const at::Tensor& w, double temperature) {
+at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::Tensor& w,
+                          double temperature) {
   const int64_t R = u.size(0), D = u.size(1);
   const int64_t nt = (R + kTile - 1) / kTile;
   std::vector<std::pair<int64_t, int64_t>> pairs;
   for (int64_t I = 0; I < nt; ++I)
     for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
-  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), npairs));
+  const int64_t P = num_chunks(npairs);
   if (P > 1 && P * R * D * static_cast<int64_t>(sizeof(acc_t)) > kAccumulatorBudget) return {};
-  at::Tensor acc = at::zeros({P, R, D}, u.options());
+  std::vector<at::Tensor> accs(P);
+  for (auto& t : accs) t = at::zeros({R, D}, u.options());
   const bool shifted = fixed_shift_ok<acc_t>(temperature);
   const acc_t shift = acc_t(1.0 / temperature);
   acc_t w_scale = acc_t(1);
@@ -394,19 +421,19 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::T
     a = (w / w_scale) * (shift - lse).exp();
   }
 
-  at::parallel_for(0, P, 1, [&](int64_t pb, int64_t pe) {
-    for (int64_t p = pb; p < pe; ++p) {
+  parallel_items(npairs, P, [&](int64_t p, const auto& next) {
+    {
       at::Tensor buf = at::empty({kTile * kTile}, u.options());
       at::Tensor tmp_buf = shifted ? buf : at::empty({kTile * kTile}, u.options());
-      at::Tensor G = acc.select(0, p);
-      for (int64_t q = p; q < npairs; q += P) {
+      at::Tensor G = accs[p];
+      for (int64_t q = next(); q >= 0; q = next()) {
         const auto [I, J] = pairs[q];
         const TileRange ri = tile_range(I, R), rj = tile_range(J, R);
         at::Tensor S = tile_view(buf, ri.size, rj.size);
         at::Tensor tmp = tile_view(tmp_buf, ri.size, rj.size);
         const at::Tensor u_i = u.narrow(0, ri.begin, ri.size);
         const at::Tensor u_j = u.narrow(0, rj.begin, rj.size);
-        at::mm_out(S, us.narrow(0, ri.begin, ri.size), u_j.t());
+        logits_tile(S, u_i, u_j, 1.0 / temperature);
         if (shifted) {
           const acc_t* a_ptr = a.data_ptr<acc_t>();
           pair_coeff_tile_shifted<acc_t>(S, a_ptr + ri.begin, a_ptr + rj.begin, shift);
@@ -424,7 +451,11 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::T
       }
     }
   });
-  at::Tensor G = P == 1 ? acc.select(0, 0) : acc.sum(0);
+  at::Tensor G = accs[0];
+  for (int64_t p = 1; p < P; ++p) {
+    G.add_(accs[p]);
+    accs[p].reset();  // free each accumulator as soon as it is summed
+  }
   return w_scale == acc_t(1) ? G : G.mul_(w_scale);
 }
 
@@ -432,14 +463,14 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& us, const at::T
 template <typename acc_t>
 at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::Tensor& row_lse,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
-                        const at::Tensor& col_weight, int64_t row_offset) {
+                        const at::Tensor& col_weight, int64_t row_offset, double temperature) {
   const int64_t R = us.size(0), C = cols.size(0), D = us.size(1);
   const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
   at::Tensor G = at::zeros({R, D}, us.options());
-  at::parallel_for(0, nti, 1, [&](int64_t tb, int64_t te) {
+  parallel_items(nti, num_chunks(nti), [&](int64_t, const auto& next) {
     at::Tensor buf = at::empty({kTile * kTile}, us.options());
     at::Tensor tmp_buf = at::empty({kTile * kTile}, us.options());
-    for (int64_t I = tb; I < te; ++I) {
+    for (int64_t I = next(); I >= 0; I = next()) {
       const TileRange ri = tile_range(I, R);
       at::Tensor G_i = G.narrow(0, ri.begin, ri.size);
       for (int64_t J = 0; J < ntj; ++J) {
@@ -447,7 +478,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
         at::Tensor S = tile_view(buf, ri.size, rj.size);
         at::Tensor tmp = tile_view(tmp_buf, ri.size, rj.size);
         const at::Tensor u_j = cols.narrow(0, rj.begin, rj.size);
-        at::mm_out(S, us.narrow(0, ri.begin, ri.size), u_j.t());
+        logits_tile(S, us.narrow(0, ri.begin, ri.size), u_j, 1.0 / temperature);
         pair_coeff_tile<acc_t>(S, tmp, row_lse.narrow(0, ri.begin, ri.size),
                                row_weight.narrow(0, ri.begin, ri.size),
                                col_lse.narrow(0, rj.begin, rj.size),
@@ -474,13 +505,13 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                     (u_rows.data_ptr() == u_cols.data_ptr() && u_rows.sizes() == u_cols.sizes());
   const at::Tensor rows = u_rows.to(acc).contiguous();
   const at::Tensor cols = same ? rows : u_cols.to(acc).contiguous();
-  const at::Tensor us = rows * (1.0 / temperature);
   at::Tensor G;
   // The symmetric schedule needs one weight and one lse per row, shared by rows and columns.
   if (same && row_offset == 0 && row_lse.is_same(col_lse) && row_weight.is_same(col_weight))
-    G = grad_symmetric<acc_t>(rows, us, row_lse, row_weight, temperature);
+    G = grad_symmetric<acc_t>(rows, row_lse, row_weight, temperature);
   if (!G.defined())
-    G = grad_general<acc_t>(us, cols, row_lse, col_lse, row_weight, col_weight, row_offset);
+    G = grad_general<acc_t>(rows, cols, row_lse, col_lse, row_weight, col_weight, row_offset,
+                            temperature);
   return finalize_grad<acc_t>(G, rows, cols, norm_rows, row_weight, col_weight, row_offset,
                               temperature, u_rows.scalar_type());
 }
