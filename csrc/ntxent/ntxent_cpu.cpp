@@ -8,7 +8,8 @@
 //    computed; s_IJ = s_JI^T gives the rows of I and the rows of J from one GEMM (forward: row
 //    and column sums; backward: M_IJ u_J for I and M_IJ^T u_I for J, M being symmetric);
 //  - general (gathered columns, or a temperature too small for a fixed shift): each row tile
-//    sweeps every column tile, one thread per row tile.
+//    sweeps every column tile; row tiles are handed to threads as they free up.
+// Results are bitwise reproducible for a given thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -53,18 +54,31 @@ inline TileRange tile_range(int64_t tile, int64_t n) {
   return {b, std::min(kTile, n - b)};
 }
 
-// Runs body(chunk, next) on up to `chunks` threads; next() hands out the items [0, n) one at a
-// time from a shared counter (then -1), so a thread the OS preempts on a shared machine delays
-// only the item it holds instead of a static share. `chunk` indexes per-thread buffers.
+// Runs body(chunk, next) on `chunks` threads; next() yields that chunk's items of [0, n), then -1.
+// Static (items chunk, chunk + chunks, ...): which accumulator an item adds into is fixed, so
+// results are bitwise reproducible for a given thread count. Dynamic (a shared counter): a
+// thread the OS preempts delays only the item it holds; used where each item writes its own
+// rows, so the result does not depend on the hand-out.
+enum class HandOut { kStatic, kDynamic };
+
 template <typename F>
-void parallel_items(int64_t n, int64_t chunks, const F& body) {
+void parallel_items(int64_t n, int64_t chunks, HandOut mode, const F& body) {
   std::atomic<int64_t> counter{0};
-  auto next = [&counter, n]() {
-    const int64_t q = counter.fetch_add(1, std::memory_order_relaxed);
-    return q < n ? q : int64_t(-1);
-  };
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) body(c, next);
+    for (int64_t c = cb; c < ce; ++c) {
+      int64_t mine = c;
+      auto next = [&]() -> int64_t {
+        int64_t q;
+        if (mode == HandOut::kDynamic) {
+          q = counter.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          q = mine;
+          mine += chunks;
+        }
+        return q < n ? q : int64_t(-1);
+      };
+      body(c, next);
+    }
   });
 }
 
@@ -209,7 +223,7 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   at::Tensor sums = at::zeros({P, R}, u.options());
   const acc_t shift = acc_t(1.0 / temperature);
 
-  parallel_items(npairs, P, [&](int64_t p, const auto& next) {
+  parallel_items(npairs, P, HandOut::kStatic, [&](int64_t p, const auto& next) {
     {
       at::Tensor buf = at::empty({kTile * kTile}, u.options());
       acc_t* acc = sums.data_ptr<acc_t>() + p * R;
@@ -247,7 +261,7 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
   const acc_t shift = acc_t(1.0 / temperature);
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
 
-  parallel_items(nti, num_chunks(nti), [&](int64_t, const auto& next) {
+  parallel_items(nti, num_chunks(nti), HandOut::kDynamic, [&](int64_t, const auto& next) {
     at::Tensor buf = at::empty({kTile * kTile}, us.options());
     std::vector<acc_t> run_max(kTile), run_sum(kTile);
     for (int64_t I = next(); I >= 0; I = next()) {
@@ -421,7 +435,7 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::
     a = (w / w_scale) * (shift - lse).exp();
   }
 
-  parallel_items(npairs, P, [&](int64_t p, const auto& next) {
+  parallel_items(npairs, P, HandOut::kStatic, [&](int64_t p, const auto& next) {
     {
       at::Tensor buf = at::empty({kTile * kTile}, u.options());
       at::Tensor tmp_buf = shifted ? buf : at::empty({kTile * kTile}, u.options());
@@ -467,7 +481,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
   const int64_t R = us.size(0), C = cols.size(0), D = us.size(1);
   const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
   at::Tensor G = at::zeros({R, D}, us.options());
-  parallel_items(nti, num_chunks(nti), [&](int64_t, const auto& next) {
+  parallel_items(nti, num_chunks(nti), HandOut::kDynamic, [&](int64_t, const auto& next) {
     at::Tensor buf = at::empty({kTile * kTile}, us.options());
     at::Tensor tmp_buf = at::empty({kTile * kTile}, us.options());
     for (int64_t I = next(); I >= 0; I = next()) {
