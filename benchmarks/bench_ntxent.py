@@ -1,7 +1,9 @@
 """NT-Xent forward + backward: fused simclr_ext vs the materialized reference vs
 torch.compile(reference). CPU: 2N in {1024, 4096, 16384}, D = 128, fp32. CUDA: 2N in
-{4096, 16384, 65536}, fp32 and bf16, with TFLOP/s = 6 (2N)^2 D / time (two GEMMs forward-equivalent
-forward, four backward, counting the reference's FLOPs; the fused symmetric schedule does fewer).
+{4096, 16384, 65536}, fp32 and bf16. extra_info: peak_mib (CPU: a fresh subprocess's peak RSS
+growth; CUDA: max_memory_allocated growth) and tflops = 6 (2N)^2 D / median time, the nominal
+GEMM work of forward (1 similarity GEMM) + backward (2 more), the same count for every impl.
+A reference that runs out of memory is skipped with the reason recorded.
 
     python -m pytest benchmarks/bench_ntxent.py --benchmark-only --benchmark-json=/tmp/ntxent.json
 """
