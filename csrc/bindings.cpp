@@ -50,6 +50,14 @@ PYBIND11_MODULE(_C, m) {
   // NT-Xent (csrc/ntxent): see ntxent.h for the layout of rows, columns and weights.
   m.def("ntxent_normalize", &simclr_ext::ntxent::normalize, pybind11::arg("z"),
         "u = z / max(||z||, 1e-12) and the row norms");
+  m.def("ntxent_forward", &simclr_ext::ntxent::forward, pybind11::arg("u_rows"),
+        pybind11::arg("u_cols"), pybind11::arg("row_offset"), pybind11::arg("temperature"),
+        "(row_loss, row_lse) [R] of this rank's rows against all columns");
+  m.def("ntxent_backward", &simclr_ext::ntxent::backward, pybind11::arg("u_rows"),
+        pybind11::arg("u_cols"), pybind11::arg("norm_rows"), pybind11::arg("row_lse"),
+        pybind11::arg("col_lse"), pybind11::arg("row_weight"), pybind11::arg("col_weight"),
+        pybind11::arg("row_offset"), pybind11::arg("temperature"),
+        "grad_z [R, D] of sum_k w_k loss_k (normalization backward fused)");
 
   // Color distortion (csrc/color): see color.h for the parameter tensors' layout.
   m.def("color_distort", &simclr_ext::color::distort, pybind11::arg("images"),

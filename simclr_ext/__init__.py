@@ -6,10 +6,12 @@ ColorDistortion / color_distort (per-sample SimCLR color distortion), build_info
 from ._extension import build_info
 from . import _ops as ops
 from .augment import ColorDistortion, ColorParams, color_distort, sample_color_params
+from .loss import NTXentLoss, nt_xent_loss
 
 __version__ = build_info()["version"]
 
 __all__ = [
     "build_info", "ops", "__version__",
+    "NTXentLoss", "nt_xent_loss",
     "ColorDistortion", "ColorParams", "color_distort", "sample_color_params",
 ]

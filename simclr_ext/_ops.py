@@ -100,3 +100,63 @@ def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
         images.shape, dtype=out_dtype, device=images.device,
         memory_format=color_out_memory_format(images),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# ntxent_forward / ntxent_backward: fused NT-Xent of one process's rows z = [view 1; view 2]
+# (DESIGN 3.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D)) and the
+# similarity tiles, so only z and the row LSE vector [2N] are saved between the two.
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("simclr_ext::ntxent_forward", mutates_args=())
+def ntxent_forward(z: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    """Per-row NT-Xent, z: [2N, D] -> (row_loss [2N], row_lse [2N]) in fp32 (fp64 for fp64 z).
+
+    u = z / max(||z||, 1e-12), s_kl = u_k . u_l / temperature,
+    row_lse_k = log sum_{l != k} exp(s_kl), row_loss_k = row_lse_k - s_{k, (k + N) mod 2N}.
+    """
+    u, _ = _C.ntxent_normalize(z)
+    row_loss, row_lse = _C.ntxent_forward(u, u, 0, temperature)
+    return row_loss, row_lse
+
+
+@ntxent_forward.register_fake
+def _(z, temperature):
+    torch._check(z.dim() == 2, lambda: f"z must be 2-d, got shape {tuple(z.shape)}")
+    rows = (z.shape[0],)
+    return z.new_empty(rows, dtype=_acc_dtype(z)), z.new_empty(rows, dtype=_acc_dtype(z))
+
+
+@torch.library.custom_op("simclr_ext::ntxent_backward", mutates_args=())
+def ntxent_backward(z: Tensor, row_lse: Tensor, grad_row_loss: Tensor,
+                    temperature: float) -> Tensor:
+    """grad_z [2N, D] (z's dtype) of sum_k grad_row_loss_k * row_loss_k, given the forward's
+    row_lse. Exact: one pass per similarity tile gives P_km and P_mk (s is symmetric)."""
+    u, norm = _C.ntxent_normalize(z)
+    # One tensor object for the row and the column vectors lets the kernel use the symmetric
+    # schedule (each similarity tile computed once for both of its sides).
+    lse = row_lse.to(norm.dtype).contiguous()
+    w = grad_row_loss.to(norm.dtype).contiguous()
+    return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature)
+
+
+@ntxent_backward.register_fake
+def _(z, row_lse, grad_row_loss, temperature):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+def _ntxent_setup_context(ctx, inputs, output):
+    z, temperature = inputs
+    _, row_lse = output
+    ctx.save_for_backward(z, row_lse)
+    ctx.temperature = temperature
+    ctx.mark_non_differentiable(row_lse)
+
+
+def _ntxent_backward_autograd(ctx, grad_row_loss, grad_row_lse):
+    z, row_lse = ctx.saved_tensors
+    if grad_row_loss is None:
+        return None, None
+    return ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature), None
+
+
+ntxent_forward.register_autograd(_ntxent_backward_autograd, setup_context=_ntxent_setup_context)
