@@ -2,7 +2,6 @@
 #include "ntxent/ntxent.h"
 
 #include "common/checks.h"
-#include "ntxent/ntxent_math.h"
 
 namespace simclr_ext {
 namespace ntxent {
@@ -13,11 +12,41 @@ at::ScalarType acc_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+void check_rows_cols(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
+                     double temperature, const char* op) {
+  SIMCLR_CHECK_DEFINED(u_rows);
+  SIMCLR_CHECK_DEFINED(u_cols);
+  check_backend_available(u_rows, op);
+  SIMCLR_CHECK_FLOATING(u_rows);
+  SIMCLR_CHECK_DIM(u_rows, 2);
+  SIMCLR_CHECK_DIM(u_cols, 2);
+  SIMCLR_CHECK_SAME_DEVICE(u_rows, u_cols);
+  SIMCLR_CHECK_SAME_DTYPE(u_rows, u_cols);
+  const int64_t R = u_rows.size(0), C = u_cols.size(0);
+  TORCH_CHECK(R > 0 && R % 2 == 0, op, ": u_rows must hold 2N > 0 rows ([view 1; view 2]), got ",
+              R);
+  TORCH_CHECK(u_rows.size(1) > 0, op, ": the embedding dimension D must be > 0, got shape ",
+              u_rows.sizes());
+  TORCH_CHECK(u_cols.size(1) == u_rows.size(1), op, ": u_cols must have D = ", u_rows.size(1),
+              " columns like u_rows, got shape ", u_cols.sizes());
+  TORCH_CHECK(row_offset >= 0 && row_offset + R <= C, op, ": row_offset ", row_offset,
+              " with ", R, " rows does not fit in ", C, " columns");
+  TORCH_CHECK(temperature > 0, op, ": temperature must be > 0, got ", temperature);
+}
+
+void check_vector(const at::Tensor& t, int64_t n, const at::Tensor& like, const char* name,
+                  const char* op) {
+  TORCH_CHECK(t.defined() && t.dim() == 1 && t.size(0) == n, op, ": ", name,
+              " must be a 1-d tensor of ", n, " elements, got ",
+              t.defined() ? t.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " must be on ", like.device(),
+              ", got ", t.device());
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
   SIMCLR_CHECK_DEFINED(z);
-  check_backend_available(z, "nt_xent normalize");
   SIMCLR_CHECK_FLOATING(z);
   SIMCLR_CHECK_DIM(z, 2);
   // Device-agnostic ATen: one reduction and one scale, in the accumulation dtype.
@@ -25,6 +54,40 @@ std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
   at::Tensor norm = at::linalg_vector_norm(z_acc, 2, {1});
   at::Tensor u = (z_acc / norm.clamp_min(kNormEps).unsqueeze(1)).to(z.scalar_type());
   return {u.contiguous(), norm};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                           int64_t row_offset, double temperature) {
+  check_rows_cols(u_rows, u_cols, row_offset, temperature, "nt_xent forward");
+  const at::Tensor rows = u_rows.contiguous(), cols = u_cols.contiguous();
+#ifdef WITH_CUDA
+  if (rows.is_cuda()) return forward_cuda(rows, cols, row_offset, temperature);
+#endif
+  return forward_cpu(rows, cols, row_offset, temperature);
+}
+
+at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                    const at::Tensor& norm_rows, const at::Tensor& row_lse,
+                    const at::Tensor& col_lse, const at::Tensor& row_weight,
+                    const at::Tensor& col_weight, int64_t row_offset, double temperature) {
+  const char* op = "nt_xent backward";
+  check_rows_cols(u_rows, u_cols, row_offset, temperature, op);
+  const int64_t R = u_rows.size(0), C = u_cols.size(0);
+  check_vector(norm_rows, R, u_rows, "norm_rows", op);
+  check_vector(row_lse, R, u_rows, "row_lse", op);
+  check_vector(col_lse, C, u_rows, "col_lse", op);
+  check_vector(row_weight, R, u_rows, "row_weight", op);
+  check_vector(col_weight, C, u_rows, "col_weight", op);
+  const auto acc = acc_dtype(u_rows);
+  auto prep = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
+  const at::Tensor rows = u_rows.contiguous(), cols = u_cols.contiguous();
+#ifdef WITH_CUDA
+  if (rows.is_cuda())
+    return backward_cuda(rows, cols, prep(norm_rows), prep(row_lse), prep(col_lse),
+                         prep(row_weight), prep(col_weight), row_offset, temperature);
+#endif
+  return backward_cpu(rows, cols, prep(norm_rows), prep(row_lse), prep(col_lse),
+                      prep(row_weight), prep(col_weight), row_offset, temperature);
 }
 
 }  // namespace ntxent
