@@ -2,6 +2,7 @@
 #include "ntxent/ntxent.h"
 
 #include "common/checks.h"
+#include "ntxent/ntxent_math.h"
 
 namespace simclr_ext {
 namespace ntxent {

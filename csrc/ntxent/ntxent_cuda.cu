@@ -21,6 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -45,6 +46,11 @@ constexpr int kTcCols = 64;
 constexpr int kChunkBytes = 128;
 constexpr int kRowStride = kChunkBytes + 16;
 constexpr int kTileBytes = 64 * kRowStride;  // 9216 B; 2 operands x 2 buffers = 36 KiB static
+// Register budgets, as resident blocks per SM (64K registers / (128 threads x blocks)): the
+// backward's 64 gradient + 32 similarity accumulators fit 168 registers (3 blocks, 12 warps);
+// without a bound ptxas takes ~190 and only 2 blocks fit. Forward: 128 registers (4 blocks)
+// for 16-bit inputs; the tf32 variant spilled 8 B under that cap, so it gets the 3-block budget.
+constexpr int kBackwardMinBlocks = 3;
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -91,6 +97,7 @@ template <>
 struct TcTraits<at::BFloat16> {
   static constexpr int kChunk = 64;      // elements per 128-byte chunk
   static constexpr int kGradChunks = 2;  // a backward block covers 2 chunks = 128 of D
+  static constexpr int kForwardMinBlocks = 4;
   using Bits = uint16_t;
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -110,6 +117,7 @@ template <>
 struct TcTraits<at::Half> {
   static constexpr int kChunk = 64;
   static constexpr int kGradChunks = 2;
+  static constexpr int kForwardMinBlocks = 4;
   using Bits = uint16_t;
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -133,6 +141,7 @@ template <>
 struct TcTraits<float> {
   static constexpr int kChunk = 32;
   static constexpr int kGradChunks = 4;  // 4 x 32 = 128 of D, the same 64 accumulators
+  static constexpr int kForwardMinBlocks = 3;
   using Bits = uint32_t;
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -283,22 +292,27 @@ struct Gemm2<float> {  // tf32 m16n8k8: the k order inside a step is permuted to
   }
 };
 
-// Forward: one block per 64-row tile, all columns swept. Writes row_lse and row_loss.
+// Forward: one block per (64-row tile, column split); it sweeps the split's columns
+// [c_begin, c_end) and writes the partial LSE state (max, sum) of each row for that split, and
+// the positive logit from the one split that holds it. lse_finish_kernel merges the splits.
+// Splitting the columns only adds blocks when the row tiles alone cannot fill the GPU.
 template <typename T>
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
     tc_forward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
-                      int D, int row_offset, float inv_tau, bool vec_ok,
-                      float* __restrict__ row_loss, float* __restrict__ row_lse) {
+                      int D, int row_offset, float inv_tau, bool vec_ok, int split_cols,
+                      float* __restrict__ part_max, float* __restrict__ part_sum,
+                      float* __restrict__ pos_logit) {
   using Tr = TcTraits<T>;
   __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
   __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
-  __shared__ float s_pos[kTcRows];
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t4 = lane & 3;
   const int row0 = blockIdx.x * kTcRows;
+  const int c_begin = blockIdx.y * split_cols;  // < C: the host launches ceil(C / split_cols)
+  const int c_end = min(C, c_begin + split_cols);
   const int nk = (D + Tr::kChunk - 1) / Tr::kChunk;
-  const int ntiles = (C + kTcCols - 1) / kTcCols;
+  const int ntiles = (c_end - c_begin + kTcCols - 1) / kTcCols;
   const int nsteps = ntiles * nk;
 
   // This thread's two rows (g and g + 8 of its warp), their self and positive columns.
@@ -316,7 +330,8 @@ __global__ void __launch_bounds__(kTcThreads)
   auto issue = [&](int s) {
     const int j = s / nk, kc = s - j * nk;
     load_chunk<T>(a_tiles[s & 1], u_rows, R, D, row0, kc * Tr::kChunk, vec_ok);
-    load_chunk<T>(b_tiles[s & 1], u_cols, C, D, j * kTcCols, kc * Tr::kChunk, vec_ok);
+    load_chunk<T>(b_tiles[s & 1], u_cols, C, D, c_begin + j * kTcCols, kc * Tr::kChunk,
+                  vec_ok);
   };
 
   issue(0);
@@ -343,7 +358,7 @@ __global__ void __launch_bounds__(kTcThreads)
     // be added at the end. Masked logits are -inf; an all-masked tile has max -inf, and its
     // terms are taken relative to 0 (not to -inf, which would give exp(nan)) so its sum is 0
     // and lse_merge skips it. NaN logits are skipped by fmaxf but make the sum NaN: NaN out.
-    const int col0 = j * kTcCols;
+    const int col0 = c_begin + j * kTcCols;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float s[16];
@@ -354,8 +369,9 @@ __global__ void __launch_bounds__(kTcThreads)
         for (int e = 0; e < 2; ++e) {
           const int c = col0 + nt * 8 + 2 * t4 + e;
           float v = acc[nt][2 * h + e] * inv_tau;
-          if (c == pos_col[h]) s_pos[warp * 16 + g + 8 * h] = v;  // exactly one writer per row
-          if (c >= C || c == self_col[h]) v = -INFINITY;          // self excluded exactly
+          // The positive is in exactly one split: one writer per row.
+          if (c == pos_col[h] && c < c_end && row[h] < R) pos_logit[row[h]] = v;
+          if (c >= c_end || c == self_col[h]) v = -INFINITY;  // self excluded exactly
           s[2 * nt + e] = v;
           tile_max = fmaxf(tile_max, v);
         }
@@ -368,34 +384,51 @@ __global__ void __launch_bounds__(kTcThreads)
       lse_merge(run_max[h], run_sum[h], tile_max, tile_sum);
     }
   }
-  // The loop's last __syncthreads was before the final LSE update, which wrote s_pos.
-  __syncthreads();
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float total = run_sum[h] + __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
     total += __shfl_xor_sync(0xffffffffu, total, 2);
     if (t4 == 0 && row[h] < R) {
-      const float lse = lse_value(run_max[h], total);
-      row_lse[row[h]] = lse;
-      row_loss[row[h]] = lse - s_pos[warp * 16 + g + 8 * h];
+      const int64_t at = static_cast<int64_t>(blockIdx.y) * R + row[h];
+      part_max[at] = run_max[h];
+      part_sum[at] = total;
     }
   }
 }
 
-// Backward, first stage: grad_u[rows of this tile, D range of blockIdx.y] =
-//   1/tau sum_m coef_im u_m,  coef_im = w_i P_im + w_m P_mi  (- (w_i + w_m) at m = pos(i)),
-// coefficient 0 at m = i exactly. The coefficients go through a 16-bit (or tf32) operand, so
-// they are divided by the largest |weight| first (kept in [-2, 2]: no fp16 underflow from
-// w ~ 1/2N) and the product is scaled back in fp32. Folding the positive term into the
-// coefficient cancels w (P - 1) in fp32 before rounding.
+// Merges the column splits of each row: lse = LSE over splits, loss = lse - positive logit.
+// A split in which a row has no valid column left (-inf, 0) is skipped by lse_merge.
+__global__ void __launch_bounds__(256)
+    lse_finish_kernel(const float* __restrict__ part_max, const float* __restrict__ part_sum,
+                      const float* __restrict__ pos_logit, int R, int splits,
+                      float* __restrict__ row_loss, float* __restrict__ row_lse) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= R) return;
+  float run_max, run_sum;
+  lse_init(run_max, run_sum);
+  for (int sp = 0; sp < splits; ++sp)
+    lse_merge(run_max, run_sum, part_max[static_cast<int64_t>(sp) * R + r],
+              part_sum[static_cast<int64_t>(sp) * R + r]);
+  const float lse = lse_value(run_max, run_sum);
+  row_lse[r] = lse;
+  row_loss[r] = lse - pos_logit[r];
+}
+
+// Backward, first stage: grad_part[split z][rows of this tile, D range of blockIdx.y] =
+//   1/tau sum_{m in split z} coef_im u_m,  coef_im = w_i P_im + w_m P_mi,
+// minus (w_i + w_m) at m = pos(i), coefficient 0 at m = i exactly. The coefficients go through
+// a 16-bit (or tf32) operand, so they are divided by the largest |weight| first (kept in
+// [-2, 2]: no fp16 underflow from w ~ 1/2N) and the product is scaled back in fp32. Folding
+// the positive term into the coefficient cancels w (P - 1) in fp32 before rounding.
 template <typename T>
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
     tc_backward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
                        int D, int row_offset, float inv_tau, bool vec_ok,
                        const float* __restrict__ row_lse, const float* __restrict__ col_lse,
                        const float* __restrict__ row_weight,
                        const float* __restrict__ col_weight,
-                       const float* __restrict__ weight_absmax, float* __restrict__ grad_u) {
+                       const float* __restrict__ weight_absmax, int split_cols,
+                       float* __restrict__ grad_part) {
   using Tr = TcTraits<T>;
   using G2 = Gemm2<T>;
   constexpr int kNV = Tr::kGradChunks;
@@ -409,7 +442,9 @@ __global__ void __launch_bounds__(kTcThreads)
   const int nk = (D + Tr::kChunk - 1) / Tr::kChunk;
   const int nv = min(kNV, (D - d_block + Tr::kChunk - 1) / Tr::kChunk);
   const int per_tile = nk + nv;
-  const int ntiles = (C + kTcCols - 1) / kTcCols;
+  const int c_begin = blockIdx.z * split_cols;  // column split, as in the forward
+  const int c_end = min(C, c_begin + split_cols);
+  const int ntiles = (c_end - c_begin + kTcCols - 1) / kTcCols;
   const int nsteps = ntiles * per_tile;
 
   // NaN or 0 max -> scale 1 (NaN weights then reach the coefficients directly: NaN out).
@@ -442,9 +477,10 @@ __global__ void __launch_bounds__(kTcThreads)
     const int j = s / per_tile, q = s - j * per_tile;
     if (q < nk) {
       load_chunk<T>(a_tiles[s & 1], u_rows, R, D, row0, q * Tr::kChunk, vec_ok);
-      load_chunk<T>(b_tiles[s & 1], u_cols, C, D, j * kTcCols, q * Tr::kChunk, vec_ok);
+      load_chunk<T>(b_tiles[s & 1], u_cols, C, D, c_begin + j * kTcCols, q * Tr::kChunk,
+                    vec_ok);
     } else {
-      load_chunk<T>(b_tiles[s & 1], u_cols, C, D, j * kTcCols,
+      load_chunk<T>(b_tiles[s & 1], u_cols, C, D, c_begin + j * kTcCols,
                     d_block + (q - nk) * Tr::kChunk, vec_ok);
     }
   };
@@ -471,13 +507,13 @@ __global__ void __launch_bounds__(kTcThreads)
         warp_gemm1<T>(acc, a_tiles[step & 1], b_tiles[step & 1], warp, lane);
         __syncthreads();
       }
-      const int col0 = j * kTcCols;
+      const int col0 = c_begin + j * kTcCols;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int c = col0 + nt * 8 + 2 * t4 + e;
-          const bool col_ok = c < C;
+          const bool col_ok = c < c_end;
           const float lse_m = col_ok ? col_lse[c] : 0.f;
           const float w_m = col_ok ? col_weight[c] : 0.f;
 #pragma unroll
@@ -505,6 +541,7 @@ __global__ void __launch_bounds__(kTcThreads)
   }
 
   const float out_scale = scale * inv_tau;
+  float* grad_u = grad_part + static_cast<int64_t>(blockIdx.z) * R * D;  // this split's slice
 #pragma unroll
   for (int v = 0; v < kNV; ++v)
 #pragma unroll
@@ -725,29 +762,37 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
 }
 
 // ============================================================================================
-// Normalization backward: one warp per row, grad_z = (grad_u - u (u . grad_u)) / ||z||
+// Normalization backward: one warp per row, grad_z = (grad_u - u (u . grad_u)) / ||z||, with
+// grad_u the sum of the backward's column-split slices
 // ============================================================================================
 constexpr int kNormThreads = 256;
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kNormThreads)
-    normalize_backward_kernel(const scalar_t* __restrict__ u, const acc_t* __restrict__ grad_u,
-                              const acc_t* __restrict__ norm, int R, int D,
+    normalize_backward_kernel(const scalar_t* __restrict__ u, const acc_t* __restrict__ grad_part,
+                              int splits, const acc_t* __restrict__ norm, int R, int D,
                               scalar_t* __restrict__ grad_z) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * (kNormThreads / 32) + (threadIdx.x >> 5);
   if (r >= R) return;
   const scalar_t* u_row = u + static_cast<int64_t>(r) * D;
-  const acc_t* g_row = grad_u + static_cast<int64_t>(r) * D;
+  const acc_t* g_row = grad_part + static_cast<int64_t>(r) * D;
+  const int64_t split_stride = static_cast<int64_t>(R) * D;
+  // grad_u = sum of the column splits' slices, in a fixed order (bitwise reproducible)
+  auto grad_at = [&](int d) {
+    acc_t gsum = g_row[d];
+    for (int sp = 1; sp < splits; ++sp) gsum += g_row[sp * split_stride + d];
+    return gsum;
+  };
   acc_t dot = acc_t(0);
-  for (int d = lane; d < D; d += 32) dot += static_cast<acc_t>(u_row[d]) * g_row[d];
+  for (int d = lane; d < D; d += 32) dot += static_cast<acc_t>(u_row[d]) * grad_at(d);
 #pragma unroll
   for (int off = 16; off >= 1; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
   const acc_t n = norm[r];
   scalar_t* out = grad_z + static_cast<int64_t>(r) * D;
   for (int d = lane; d < D; d += 32)
     out[d] = static_cast<scalar_t>(
-        normalize_backward(g_row[d], static_cast<acc_t>(u_row[d]), dot, n));
+        normalize_backward(grad_at(d), static_cast<acc_t>(u_row[d]), dot, n));
 }
 
 // ============================================================================================
@@ -772,16 +817,48 @@ void check_sizes(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row
               u_cols.size(0));
 }
 
+// Column splits for a tensor-core launch with `blocks` blocks per split: enough splits to give
+// every resident block slot of the GPU one block (more would start a partly empty second
+// wave), never more than the column tiles. 2N = 4096: 64 row tiles -> 8 splits on an H100.
+template <typename Kernel>
+int column_splits(Kernel kernel, int64_t blocks, int col_tiles) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTcThreads, 0));
+  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) *
+                        at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(1, slots / blocks), col_tiles));
+}
+
+// Columns per split, a multiple of the column tile; updates `splits` so none is empty.
+int split_columns(int C, int& splits) {
+  const int col_tiles = (C + kTcCols - 1) / kTcCols;
+  const int split_cols = (col_tiles + splits - 1) / splits * kTcCols;
+  splits = (C + split_cols - 1) / split_cols;
+  return split_cols;
+}
+
 template <typename T>
 void launch_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
                        double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
-  const dim3 grid((R + kTcRows - 1) / kTcRows);
-  tc_forward_kernel<T><<<grid, kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  const int row_tiles = (R + kTcRows - 1) / kTcRows;
+  int splits = column_splits(tc_forward_kernel<T>, row_tiles, (C + kTcCols - 1) / kTcCols);
+  const int split_cols = split_columns(C, splits);
+  const auto f32 = u_rows.options().dtype(at::kFloat);
+  // Per split and row: running max and sum (every element written: each split has >= 1 tile).
+  at::Tensor part_max = at::empty({splits, R}, f32);
+  at::Tensor part_sum = at::empty({splits, R}, f32);
+  at::Tensor pos_logit = at::empty({R}, f32);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  tc_forward_kernel<T><<<dim3(row_tiles, splits), kTcThreads, 0, stream>>>(
       u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
-      static_cast<float>(1.0 / temperature), vec_ok, row_loss.data_ptr<float>(),
-      row_lse.data_ptr<float>());
+      static_cast<float>(1.0 / temperature), vec_ok, split_cols, part_max.data_ptr<float>(),
+      part_sum.data_ptr<float>(), pos_logit.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  lse_finish_kernel<<<(R + 255) / 256, 256, 0, stream>>>(
+      part_max.data_ptr<float>(), part_sum.data_ptr<float>(), pos_logit.data_ptr<float>(), R,
+      splits, row_loss.data_ptr<float>(), row_lse.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -798,32 +875,50 @@ void launch_simt_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// grad_u before the normalization backward, as `splits` slices [splits, R, D] to be summed.
+struct GradParts {
+  at::Tensor slices;
+  int splits;
+};
+
 template <typename T>
-void launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                        const at::Tensor& row_lse, const at::Tensor& col_lse,
-                        const at::Tensor& row_weight, const at::Tensor& col_weight,
-                        int64_t row_offset, double temperature, at::Tensor& grad_u) {
+GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                             const at::Tensor& row_lse, const at::Tensor& col_lse,
+                             const at::Tensor& row_weight, const at::Tensor& col_weight,
+                             int64_t row_offset, double temperature) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
   constexpr int kDRange = TcTraits<T>::kGradChunks * TcTraits<T>::kChunk;
+  const int row_tiles = (R + kTcRows - 1) / kTcRows;
+  const int d_ranges = (D + kDRange - 1) / kDRange;
+  int splits = column_splits(tc_backward_kernel<T>, static_cast<int64_t>(row_tiles) * d_ranges,
+                             (C + kTcCols - 1) / kTcCols);
+  const int split_cols = split_columns(C, splits);
+  // [splits, R, D] fp32, every element written once; splits * row_tiles * d_ranges <= resident
+  // blocks when splits > 1, so this stays O(N D) (and ~13 MB at most beyond [R, D]).
+  at::Tensor slices = at::empty({splits, R, D}, u_rows.options().dtype(at::kFloat));
   // Device-side max |w| (a 0-d tensor, no host sync): the coefficient scale.
   const at::Tensor weight_absmax =
       at::maximum(row_weight.abs().amax(), col_weight.abs().amax()).contiguous();
-  const dim3 grid((R + kTcRows - 1) / kTcRows, (D + kDRange - 1) / kDRange);
-  tc_backward_kernel<T><<<grid, kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
-      static_cast<float>(1.0 / temperature), vec_ok, row_lse.data_ptr<float>(),
-      col_lse.data_ptr<float>(), row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
-      weight_absmax.data_ptr<float>(), grad_u.data_ptr<float>());
+  tc_backward_kernel<T>
+      <<<dim3(row_tiles, d_ranges, splits), kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
+          static_cast<float>(1.0 / temperature), vec_ok, row_lse.data_ptr<float>(),
+          col_lse.data_ptr<float>(), row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
+          weight_absmax.data_ptr<float>(), split_cols, slices.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {slices, splits};
 }
 
 template <typename scalar_t, typename acc_t, int TILE>
-void launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                          const at::Tensor& row_lse, const at::Tensor& col_lse,
-                          const at::Tensor& row_weight, const at::Tensor& col_weight,
-                          int64_t row_offset, double temperature, at::Tensor& grad_u) {
+GradParts launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                               const at::Tensor& row_lse, const at::Tensor& col_lse,
+                               const at::Tensor& row_weight, const at::Tensor& col_weight,
+                               int64_t row_offset, double temperature) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  // [R, D] in the accumulation dtype, every element written by the kernel.
+  const auto acc = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
+  at::Tensor grad_u = at::empty({R, D}, u_rows.options().dtype(acc));
   const dim3 grid((R + TILE - 1) / TILE, (D + TILE - 1) / TILE);
   simt_backward_kernel<scalar_t, acc_t, TILE>
       <<<grid, kSimtThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -832,6 +927,7 @@ void launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
           row_lse.data_ptr<acc_t>(), col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(),
           col_weight.data_ptr<acc_t>(), grad_u.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {grad_u, 1};
 }
 
 template <typename scalar_t>
@@ -856,28 +952,31 @@ void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                    const at::Tensor& norm_rows, const at::Tensor& row_lse,
                    const at::Tensor& col_lse, const at::Tensor& row_weight,
                    const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                   at::Tensor& grad_u, at::Tensor& grad_z) {
+                   at::Tensor& grad_z) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  GradParts parts;
   if constexpr (std::is_same_v<scalar_t, double>) {
-    launch_simt_backward<double, double, 32>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                             col_weight, row_offset, temperature, grad_u);
+    parts = launch_simt_backward<double, double, 32>(u_rows, u_cols, row_lse, col_lse,
+                                                     row_weight, col_weight, row_offset,
+                                                     temperature);
   } else if constexpr (std::is_same_v<scalar_t, float>) {
     if (tf32_allowed())
-      launch_tc_backward<float>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
-                                row_offset, temperature, grad_u);
+      parts = launch_tc_backward<float>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                        col_weight, row_offset, temperature);
     else
-      launch_simt_backward<float, float, 64>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                             col_weight, row_offset, temperature, grad_u);
+      parts = launch_simt_backward<float, float, 64>(u_rows, u_cols, row_lse, col_lse,
+                                                     row_weight, col_weight, row_offset,
+                                                     temperature);
   } else {
-    launch_tc_backward<scalar_t>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
-                                 row_offset, temperature, grad_u);
+    parts = launch_tc_backward<scalar_t>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                         col_weight, row_offset, temperature);
   }
   const int R = u_rows.size(0), D = u_rows.size(1);
   const dim3 grid((R + kNormThreads / 32 - 1) / (kNormThreads / 32));
   normalize_backward_kernel<scalar_t, acc_t>
       <<<grid, kNormThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          u_rows.data_ptr<scalar_t>(), grad_u.data_ptr<acc_t>(), norm_rows.data_ptr<acc_t>(), R,
-          D, grad_z.data_ptr<scalar_t>());
+          u_rows.data_ptr<scalar_t>(), parts.slices.data_ptr<acc_t>(), parts.splits,
+          norm_rows.data_ptr<acc_t>(), R, D, grad_z.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -904,14 +1003,11 @@ at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& col_weight, int64_t row_offset, double temperature) {
   const c10::cuda::CUDAGuard guard(u_rows.device());
   check_sizes(u_rows, u_cols, row_offset);
-  const auto acc = u_rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // [R, D] in the accumulation dtype: O(N D) extra memory, every element written by stage 1.
-  at::Tensor grad_u = at::empty({u_rows.size(0), u_rows.size(1)}, u_rows.options().dtype(acc));
   at::Tensor grad_z = at::empty_like(u_rows, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent backward (CUDA)", [&] {
         backward_impl<scalar_t>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                                col_weight, row_offset, temperature, grad_u, grad_z);
+                                col_weight, row_offset, temperature, grad_z);
       });
   return grad_z;
 }
