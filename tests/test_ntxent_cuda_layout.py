@@ -67,7 +67,8 @@ def mma_k16(acc, a, b):
 
 
 def mma_k8_tf32(acc, a, b):
-    """m16n8k8 .tf32 row.col: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); b0 (t, g), b1 (t+4, g)."""
+    """m16n8k8 .tf32 row.col: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
+    b0 (t, g), b1 (t+4, g)."""
     A = np.zeros((16, 8))
     B = np.zeros((8, 8))
     for lane in range(32):
