@@ -164,6 +164,15 @@ def test_fp32_exact_without_tf32_and_tf32_only_when_allowed():
         _, gi, gj = fwd_bwd(z_i, z_j)
     assert torch.equal(torch.cat([gi, gj]), g_ieee)
 
+    # torch.set_float32_matmul_precision("high") is the other documented switch to TF32.
+    old_precision = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        _, gi, gj = fwd_bwd(z_i, z_j)
+    finally:
+        torch.set_float32_matmul_precision(old_precision)
+    assert torch.equal(torch.cat([gi, gj]), g_tf32)
+
 
 # --------------------------------------------------------------------------------------------
 # fp16 with "mean": weights 1/2N must not underflow the fp16 coefficients

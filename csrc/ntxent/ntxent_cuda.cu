@@ -798,7 +798,15 @@ __global__ void __launch_bounds__(kNormThreads)
 // ============================================================================================
 // Host side
 // ============================================================================================
-bool tf32_allowed() { return at::globalContext().allowTF32CuBLAS(); }
+// The effective CUDA matmul precision that cuBLAS matmuls use: TF32 after
+// torch.backends.cuda.matmul.allow_tf32 = True (or fp32_precision = "tf32") or
+// set_float32_matmul_precision("high"); BF16 ("medium") allows even less, so TF32 too. Read
+// through the new API: allowTF32CuBLAS() raises when legacy and new settings were mixed.
+bool tf32_allowed() {
+  const auto p =
+      at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+  return p == at::Float32Precision::TF32 || p == at::Float32Precision::BF16;
+}
 
 // cp.async needs 16-byte aligned sources: the base pointers and every row start.
 bool vec_aligned(const at::Tensor& t) {
