@@ -1,11 +1,14 @@
-"""Host-side model of the CUDA NT-Xent kernel's tensor-core index math (csrc/ntxent/ntxent_cuda.cu).
+"""Host-side models of the CUDA NT-Xent kernels (csrc/ntxent/ntxent_cuda.cu), run on the CPU.
 
-Runs on the CPU: it replays the kernel's shared-memory addressing (144-byte padded rows),
-ldmatrix / ldmatrix.trans and mma.sync fragment layouts (as the PTX ISA defines them) for one
-warp, and checks the warp's products against a plain matmul. It guards the addressing formulas
-of warp_gemm1 and Gemm2 (both 16-bit and tf32 variants) against edits; it cannot prove the PTX
-semantics themselves, which only a GPU run (tests/test_ntxent_cuda.py) does. Keep the formulas
-below in sync with the .cu file.
+1. Warp level: replays the kernel's shared-memory addressing (144-byte padded rows), ldmatrix /
+   ldmatrix.trans and mma.sync fragment layouts (as the PTX ISA defines them) and checks the
+   warp's products against a plain matmul (warp_gemm1, Gemm2, 16-bit and tf32 variants).
+2. Block level: the kernels' step sequence, column splits, masks, positive capture, coefficient
+   scaling and split sums in float64, against the DESIGN 3.1 formulas, including a rank's rows
+   at a row offset inside gathered columns.
+They guard the index math and control flow against edits; they cannot prove the PTX semantics
+or the synchronization, which only a GPU run (tests/test_ntxent_cuda.py) does. Keep the
+formulas here in sync with the .cu file.
 """
 import numpy as np
 import pytest
@@ -203,3 +206,204 @@ def test_ldmatrix_rows_hit_distinct_bank_groups():
         word = r * ROW_STRIDE // 4
         banks.update((word + w) % 32 for w in range(4))
     assert len(banks) == 32
+
+
+# --------------------------------------------------------------------------------------------
+# Block-level model of tc_forward_kernel / lse_finish_kernel / tc_backward_kernel /
+# normalize_backward_kernel: the same step sequence (issue(s) decomposition), column splits,
+# masks, positive capture, coefficient scaling and split sums, in float64 on small sizes, against
+# the DESIGN 3.1 formulas. Guards the kernel's control flow, not its arithmetic precision.
+# --------------------------------------------------------------------------------------------
+ROWS, COLS = 64, 64  # kTcRows, kTcCols
+
+
+def lse_merge(run_max, run_sum, tile_max, tile_sum):  # ntxent_math.h
+    if tile_sum == 0 and tile_max == -np.inf:
+        return run_max, run_sum
+    if tile_max > run_max:
+        return tile_max, run_sum * np.exp(run_max - tile_max) + tile_sum
+    return run_max, run_sum + tile_sum * np.exp(tile_max - run_max)
+
+
+def positive_col(i, rows, row_offset):
+    return row_offset + (i + rows // 2) % rows
+
+
+def split_plan(C, row_blocks, slots):
+    """column_splits + split_columns of the host code, with `slots` resident blocks."""
+    col_tiles = -(-C // COLS)
+    splits = min(max(1, slots // row_blocks), col_tiles)
+    split_cols = -(-col_tiles // splits) * COLS
+    return -(-C // split_cols), split_cols
+
+
+def chunk_of(mat, row0, k0, chunk):
+    """load_chunk: rows [row0, row0 + 64) x [k0, k0 + chunk), zero outside the matrix."""
+    out = np.zeros((64, chunk))
+    r1, k1 = min(row0 + 64, mat.shape[0]), min(k0 + chunk, mat.shape[1])
+    if r1 > row0 and k1 > k0:
+        out[: r1 - row0, : k1 - k0] = mat[row0:r1, k0:k1]
+    return out
+
+
+def model_forward(u_rows, u_cols, row_offset, tau, chunk, slots):
+    R, D = u_rows.shape
+    C = u_cols.shape[0]
+    row_tiles = -(-R // ROWS)
+    splits, split_cols = split_plan(C, row_tiles, slots)
+    part = np.zeros((splits, R, 2))
+    pos_logit = np.full(R, np.nan)
+    nk = -(-D // chunk)
+    for bx in range(row_tiles):
+        for by in range(splits):
+            row0 = bx * ROWS
+            c_begin = by * split_cols
+            c_end = min(C, c_begin + split_cols)
+            ntiles = -(-(c_end - c_begin) // COLS)
+            state = [(-np.inf, 0.0)] * ROWS
+            step = 0
+            for j in range(ntiles):
+                acc = np.zeros((ROWS, COLS))
+                for kc in range(nk):
+                    sj, skc = step // nk, step % nk  # issue(step)
+                    assert (sj, skc) == (j, kc)
+                    a = chunk_of(u_rows, row0, skc * chunk, chunk)
+                    b = chunk_of(u_cols, c_begin + sj * COLS, skc * chunk, chunk)
+                    acc += a @ b.T
+                    step += 1
+                col0 = c_begin + j * COLS
+                for rl in range(ROWS):
+                    r = row0 + rl
+                    v = acc[rl] / tau
+                    cols = col0 + np.arange(COLS)
+                    pos = positive_col(r, R, row_offset)
+                    hit = (cols == pos) & (cols < c_end)
+                    if hit.any() and r < R:
+                        assert np.isnan(pos_logit[r]), "two writers of one positive"
+                        pos_logit[r] = v[hit][0]
+                    v = np.where((cols >= c_end) | (cols == row_offset + r), -np.inf, v)
+                    tmax = v.max()
+                    ref = 0.0 if tmax == -np.inf else tmax
+                    state[rl] = lse_merge(*state[rl], tmax, np.exp(v - ref).sum())
+            for rl in range(ROWS):
+                if row0 + rl < R:
+                    part[by, row0 + rl] = state[rl]
+    lse = np.zeros(R)
+    for r in range(R):  # lse_finish_kernel
+        m, s = -np.inf, 0.0
+        for sp in range(splits):
+            m, s = lse_merge(m, s, *part[sp, r])
+        lse[r] = m + np.log(s)
+    return lse - pos_logit, lse, splits
+
+
+def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_offset, tau,
+                   chunk, grad_chunks, slots):
+    R, D = u_rows.shape
+    C = u_cols.shape[0]
+    d_range = grad_chunks * chunk
+    row_tiles, d_ranges = -(-R // ROWS), -(-D // d_range)
+    splits, split_cols = split_plan(C, row_tiles * d_ranges, slots)
+    scale = max(np.abs(w_row).max(), np.abs(w_col).max())
+    slices = np.full((splits, R, D), np.nan)
+    nk = -(-D // chunk)
+    for bx in range(row_tiles):
+        for byd in range(d_ranges):
+            for bz in range(splits):
+                row0, d_block = bx * ROWS, byd * d_range
+                nv = min(grad_chunks, -(-(D - d_block) // chunk))
+                per_tile = nk + nv
+                c_begin = bz * split_cols
+                c_end = min(C, c_begin + split_cols)
+                ntiles = -(-(c_end - c_begin) // COLS)
+                grad = np.zeros((grad_chunks, ROWS, chunk))
+                step = 0
+                for j in range(ntiles):
+                    acc = np.zeros((ROWS, COLS))
+                    for kc in range(nk):
+                        assert divmod(step, per_tile) == (j, kc)
+                        a = chunk_of(u_rows, row0, kc * chunk, chunk)
+                        b = chunk_of(u_cols, c_begin + j * COLS, kc * chunk, chunk)
+                        acc += a @ b.T
+                        step += 1
+                    col0 = c_begin + j * COLS
+                    coef = np.zeros((ROWS, COLS))
+                    for rl in range(ROWS):
+                        r = row0 + rl
+                        for cl in range(COLS):
+                            c = col0 + cl
+                            if c < c_end and r < R and c != row_offset + r:
+                                s = acc[rl, cl] / tau
+                                co = w_row[r] * np.exp(s - row_lse[r]) + w_col[c] * np.exp(
+                                    s - col_lse[c]
+                                )
+                                if c == positive_col(r, R, row_offset):
+                                    co -= w_row[r] + w_col[c]
+                                coef[rl, cl] = co / scale
+                    for v in range(nv):
+                        assert divmod(step, per_tile) == (j, nk + v)
+                        vt = chunk_of(u_cols, c_begin + j * COLS, d_block + v * chunk, chunk)
+                        grad[v] += coef @ vt
+                        step += 1
+                for v in range(nv):
+                    for dd in range(chunk):
+                        d = d_block + v * chunk + dd
+                        if d < D:
+                            r1 = min(R, row0 + ROWS)
+                            slices[bz, row0:r1, d] = grad[v, : r1 - row0, dd] * scale / tau
+    assert not np.isnan(slices).any(), "a gradient slice element was never written"
+    grad_u = slices.sum(0)
+    dot = (u_rows * grad_u).sum(1, keepdims=True)
+    return (grad_u - u_rows * dot) / norm[:, None], splits
+
+
+def reference_lse(u_rows, u_cols, row_offset, tau):
+    s = u_rows @ u_cols.T / tau
+    R = u_rows.shape[0]
+    s[np.arange(R), row_offset + np.arange(R)] = -np.inf
+    m = s.max(1)
+    return m + np.log(np.exp(s - m[:, None]).sum(1)), s
+
+
+# (R, C, row_offset, D, slots): one process; a rank in the middle of 3 gathered ranks; ragged
+# D over 2 backward D ranges; N = 1; splits forced from 1 to one per column tile.
+MODEL_CASES = [
+    (10, 10, 0, 5, 1),
+    (130, 130, 0, 70, 1),
+    (130, 130, 0, 70, 1000),
+    (74, 222, 74, 140, 6),
+    (74, 222, 74, 140, 100),
+    (2, 2, 0, 3, 8),
+    (64, 192, 128, 16, 2),
+]
+
+
+@pytest.mark.parametrize("R,C,row_offset,D,slots", MODEL_CASES)
+@pytest.mark.parametrize("chunk,grad_chunks", [(64, 2), (32, 4)], ids=["16bit", "tf32"])
+def test_block_model_matches_formulas(R, C, row_offset, D, slots, chunk, grad_chunks):
+    rng = np.random.default_rng(R * 7 + C + D)
+    z_cols = rng.standard_normal((C, D))
+    norm_cols = np.linalg.norm(z_cols, axis=1)
+    u_cols = z_cols / norm_cols[:, None]
+    u_rows, norm = u_cols[row_offset : row_offset + R], norm_cols[row_offset : row_offset + R]
+    tau = 0.3
+    loss, lse, _ = model_forward(u_rows, u_cols, row_offset, tau, chunk, slots)
+    ref_lse, s = reference_lse(u_rows, u_cols, row_offset, tau)
+    pos = positive_col(np.arange(R), R, row_offset)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-12)
+    np.testing.assert_allclose(loss, ref_lse - s[np.arange(R), pos], rtol=1e-9, atol=1e-12)
+
+    # Backward with every column's LSE (as gathered across ranks) and uneven weights.
+    col_lse, _ = reference_lse(u_cols, u_cols, 0, tau)
+    w_col = rng.uniform(0.1, 1.0, C) / C
+    w_row = w_col[row_offset : row_offset + R]
+    grad, _ = model_backward(u_rows, u_cols, norm, col_lse[row_offset : row_offset + R], col_lse,
+                             w_row, w_col, row_offset, tau, chunk, grad_chunks, slots)
+    s_full = u_rows @ u_cols.T / tau
+    coef = w_row[:, None] * np.exp(s_full - col_lse[row_offset : row_offset + R, None])
+    coef += w_col[None, :] * np.exp(s_full - col_lse[None, :])
+    coef[np.arange(R), row_offset + np.arange(R)] = 0.0
+    coef[np.arange(R), pos] -= w_row + w_col[pos]
+    grad_u = coef @ u_cols / tau
+    ref = (grad_u - u_rows * (u_rows * grad_u).sum(1, keepdims=True)) / norm[:, None]
+    np.testing.assert_allclose(grad, ref, rtol=1e-9, atol=1e-14)
