@@ -48,7 +48,6 @@ void check_vector(const at::Tensor& t, int64_t n, const at::Tensor& like, const 
 
 std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
   SIMCLR_CHECK_DEFINED(z);
-  check_backend_available(z, "nt_xent normalize");
   SIMCLR_CHECK_FLOATING(z);
   SIMCLR_CHECK_DIM(z, 2);
   // Device-agnostic ATen: one reduction and one scale, in the accumulation dtype.

@@ -78,5 +78,12 @@ C10_HOST_DEVICE inline int64_t positive_col(int64_t i, int64_t rows, int64_t row
   return row_offset + (i + rows / 2) % rows;
 }
 
+// The same formula in 32-bit integers for the CUDA kernels, where a 64-bit % is a called
+// subroutine (it forced a stack frame in the fp64 backward kernel). Callers ensure
+// row_offset + rows fits in int.
+C10_HOST_DEVICE inline int positive_col_i32(int i, int rows, int row_offset) {
+  return row_offset + (i + rows / 2) % rows;
+}
+
 }  // namespace ntxent
 }  // namespace simclr_ext

@@ -1,0 +1,1024 @@
+// Fused NT-Xent on CUDA (DESIGN 3.1, issue 4): forward (row LSE + loss) and backward (exact
+// gradient of this rank's rows) that never hold more than one 64 x 64 similarity tile per block.
+//
+// Paths, chosen per dtype at launch:
+//   bf16 / fp16, and fp32 when TF32 matmul is allowed: tensor cores (mma.sync m16n8k16, or
+//     m16n8k8 .tf32), fp32 accumulation, 64-row x 128-byte tile chunks streamed through shared
+//     memory with cp.async, double buffered.
+//   fp32 without TF32 (exact) and fp64: a tiled SIMT path with FMA micro-tiles.
+// Both apply the per-element formulas of ntxent_math.h (lse_merge/lse_push, pair_coeff,
+// normalize_backward, positive_col): the code the CPU kernel runs.
+//
+// Backward = two launches: the tiled kernel writes grad_u [R, D] in the accumulation dtype (one
+// block per (row tile, D range), no atomics), then a per-row kernel applies the normalization
+// backward (it needs u . grad_u over the whole row, which spans several D ranges).
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include "ntxent/ntxent.h"
+#include "ntxent/ntxent_math.h"
+
+namespace simclr_ext {
+namespace ntxent {
+namespace {
+
+// ============================================================================================
+// Tensor-core path
+// ============================================================================================
+// A block owns 64 rows (4 warps x 16 rows, the m16 of one mma) and sweeps all columns in tiles
+// of 64. Every tile row is streamed in chunks of 128 bytes (64 bf16/fp16 or 32 fp32 elements of
+// D); shared rows are padded to 144 bytes so the 8 row addresses of an ldmatrix fall in 8
+// distinct 4-bank groups (144 B = 36 words, 36 r mod 32 = 4 r).
+constexpr int kTcThreads = 128;
+constexpr int kTcRows = 64;
+constexpr int kTcCols = 64;
+constexpr int kChunkBytes = 128;
+constexpr int kRowStride = kChunkBytes + 16;
+constexpr int kTileBytes = 64 * kRowStride;  // 9216 B; 2 operands x 2 buffers = 36 KiB static
+// Register budgets, as resident blocks per SM (64K registers / (128 threads x blocks)): the
+// backward's 64 gradient + 32 similarity accumulators fit 168 registers (3 blocks, 12 warps);
+// without a bound ptxas takes ~190 and only 2 blocks fit. Forward: 128 registers (4 blocks)
+// for 16-bit inputs; the tf32 variant spilled 8 B under that cap, so it gets the 3-block budget.
+constexpr int kBackwardMinBlocks = 3;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// 16-byte async copy; src_bytes = 0 zero-fills the destination without reading src.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most one (the most recently committed) group is still in flight.
+__device__ __forceinline__ void cp_async_wait_1() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+
+__device__ __forceinline__ uint32_t to_tf32(uint32_t bits) {
+  uint32_t out;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(out) : "f"(__uint_as_float(bits)));
+  return out;
+}
+
+// Per input type: the mma instruction, how an ldmatrix'd register becomes an operand, and how
+// two fp32 coefficients become one A-operand register in the backward's second product.
+template <typename T>
+struct TcTraits;
+
+template <>
+struct TcTraits<at::BFloat16> {
+  static constexpr int kChunk = 64;      // elements per 128-byte chunk
+  static constexpr int kGradChunks = 2;  // a backward block covers 2 chunks = 128 of D
+  static constexpr int kForwardMinBlocks = 4;
+  using Bits = uint16_t;
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ static uint32_t operand(uint32_t x) { return x; }
+  __device__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+template <>
+struct TcTraits<at::Half> {
+  static constexpr int kChunk = 64;
+  static constexpr int kGradChunks = 2;
+  static constexpr int kForwardMinBlocks = 4;
+  using Bits = uint16_t;
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ static uint32_t operand(uint32_t x) { return x; }
+  __device__ static uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+// fp32 through TF32 (only when the user allowed TF32 matmuls). One k-step of m16n8k8 covers 8
+// floats = 32 bytes, the same bytes as a k16 step of 16-bit types, so ldmatrix addressing is
+// shared: an 8x8 b16 ldmatrix of fp32 data hands thread (g, t) the float at (row g, column t),
+// exactly the tf32 fragment layout.
+template <>
+struct TcTraits<float> {
+  static constexpr int kChunk = 32;
+  static constexpr int kGradChunks = 4;  // 4 x 32 = 128 of D, the same 64 accumulators
+  static constexpr int kForwardMinBlocks = 3;
+  using Bits = uint32_t;
+  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // Round to nearest instead of letting the tensor core truncate the low mantissa bits.
+  __device__ static uint32_t operand(uint32_t x) { return to_tf32(x); }
+};
+
+// Copies rows [row0, row0 + 64) x elements [k0, k0 + kChunk) of src [nrows, D] into a shared
+// tile. Everything outside the matrix is zero-filled: padded rows, columns and D never
+// contribute to a dot product, and never inject stale NaNs into a 0 * x product.
+template <typename T>
+__device__ __forceinline__ void load_chunk(unsigned char* tile, const T* __restrict__ src,
+                                           int nrows, int D, int row0, int k0, bool vec_ok) {
+  using Bits = typename TcTraits<T>::Bits;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kSegsPerRow = kChunkBytes / 16;
+#pragma unroll
+  for (int i = 0; i < 64 * kSegsPerRow / kTcThreads; ++i) {
+    const int seg = threadIdx.x + i * kTcThreads;
+    const int r = seg / kSegsPerRow, part = seg % kSegsPerRow;
+    const int grow = row0 + r;
+    const int k = k0 + part * kVec;
+    unsigned char* dst = tile + r * kRowStride + part * 16;
+    const bool inside = grow < nrows && k < D;
+    if (vec_ok) {  // D % kVec == 0 and 16-byte aligned base: a segment is all in or all out
+      const T* p = inside ? src + static_cast<int64_t>(grow) * D + k : src;
+      cp_async16(smem_u32(dst), p, inside ? 16 : 0);
+    } else {  // element by element, packed into one 16-byte shared store
+      const Bits* row =
+          reinterpret_cast<const Bits*>(src) + (inside ? static_cast<int64_t>(grow) * D : 0);
+      uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        const uint32_t bits = (inside && k + e < D) ? static_cast<uint32_t>(row[k + e]) : 0u;
+        if constexpr (sizeof(Bits) == 2)
+          w[e >> 1] |= bits << (16 * (e & 1));  // low half = lower index, like the global layout
+        else
+          w[e] = bits;
+      }
+      *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+}
+
+// acc[nt] (n8 tile nt of the warp's 16 x 64 block) += A[16 rows of this warp, chunk] x
+// B[64 columns, chunk]^T. Fragment layout (PTX mma m16n8k16 / m16n8k8): thread (g = lane / 4,
+// t = lane % 4) holds acc[nt][0..1] at row g, columns 8 nt + 2t + {0, 1}, acc[nt][2..3] at row
+// g + 8, same columns.
+template <typename T>
+__device__ __forceinline__ void warp_gemm1(float (&acc)[8][4], const unsigned char* a_tile,
+                                           const unsigned char* b_tile, int warp, int lane) {
+  using Tr = TcTraits<T>;
+  // A (x4): matrices (rows 0-7, k lo), (rows 8-15, k lo), (rows 0-7, k hi), (rows 8-15, k hi)
+  const uint32_t a_base =
+      smem_u32(a_tile + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
+               (lane >> 4) * 16);
+  // B (x4): matrices (n 0-7, k lo), (n 0-7, k hi), (n 8-15, k lo), (n 8-15, k hi)
+  const uint32_t b_base =
+      smem_u32(b_tile + ((lane & 7) + (lane >> 4) * 8) * kRowStride + ((lane >> 3) & 1) * 16);
+#pragma unroll
+  for (int ks = 0; ks < kChunkBytes / 32; ++ks) {
+    uint32_t a[4];
+    ldsm_x4(a, a_base + ks * 32);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = Tr::operand(a[i]);
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      uint32_t b[4];
+      ldsm_x4(b, b_base + p * 16 * kRowStride + ks * 32);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) b[i] = Tr::operand(b[i]);
+      Tr::mma(acc[2 * p], a, b[0], b[1]);
+      Tr::mma(acc[2 * p + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Backward's second product, per type: grad[dn] (16 rows x 8 of D) += coef[16 x 64 columns] x
+// V[64 columns x chunk of D]. The coefficients never leave registers: the accumulator layout of
+// the first product is reused as the A operand (the FlashAttention-2 trick).
+template <typename T>
+struct Gemm2 {  // 16-bit types: m16n8k16, V^T fragments by ldmatrix.trans
+  static constexpr int kDTiles = 8;  // 64 of D per chunk
+  static constexpr int kCoefRegs = 16;
+  // coef[2 nt + h] packs the two columns of n8 tile nt at row g + 8 h.
+  __device__ static void make_coef(uint32_t (&coef)[kCoefRegs], const float (&c)[8][4]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      coef[2 * nt] = TcTraits<T>::pack(c[nt][0], c[nt][1]);
+      coef[2 * nt + 1] = TcTraits<T>::pack(c[nt][2], c[nt][3]);
+    }
+  }
+  __device__ static void run(float (&grad)[kDTiles][4], const uint32_t (&coef)[kCoefRegs],
+                             const unsigned char* v_tile, int lane) {
+    // V^T (x4 .trans): matrices (m 0-7, d 0-7), (m 8-15, d 0-7), (m 0-7, d 8-15),
+    // (m 8-15, d 8-15) of V stored [m][d] give b0, b1 of d tile 2q and b0, b1 of d tile 2q + 1.
+    const uint32_t v_base =
+        smem_u32(v_tile + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride + (lane >> 4) * 16);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {  // k = columns m in steps of 16: n8 tiles 2 kk, 2 kk + 1
+      const uint32_t a[4] = {coef[4 * kk], coef[4 * kk + 1], coef[4 * kk + 2],
+                             coef[4 * kk + 3]};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        uint32_t b[4];
+        ldsm_x4_trans(b, v_base + kk * 16 * kRowStride + q * 32);
+        TcTraits<T>::mma(grad[2 * q], a, b[0], b[1]);
+        TcTraits<T>::mma(grad[2 * q + 1], a, b[2], b[3]);
+      }
+    }
+  }
+};
+
+template <>
+struct Gemm2<float> {  // tf32 m16n8k8: the k order inside a step is permuted to fit the layout
+  static constexpr int kDTiles = 4;  // 32 of D per chunk
+  static constexpr int kCoefRegs = 32;
+  __device__ static void make_coef(uint32_t (&coef)[kCoefRegs], const float (&c)[8][4]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) coef[4 * nt + i] = to_tf32(__float_as_uint(c[nt][i]));
+  }
+  __device__ static void run(float (&grad)[kDTiles][4], const uint32_t (&coef)[kCoefRegs],
+                             const unsigned char* v_tile, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const float* v = reinterpret_cast<const float*>(v_tile);
+    constexpr int kStride = kRowStride / 4;  // 36 words: rows 2t, 2t+1 land in distinct banks
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {  // n8 tile kk of the coefficients = 8 columns m
+      // Thread (g, t) holds columns m = 8 kk + 2t (regs 0, 2) and 8 kk + 2t + 1 (regs 1, 3).
+      // Used as k = t and k = t + 4 of the tf32 A fragment; B reads the same two rows of V.
+      const uint32_t a[4] = {coef[4 * kk], coef[4 * kk + 2], coef[4 * kk + 1],
+                             coef[4 * kk + 3]};
+      const float* v0 = v + (8 * kk + 2 * t) * kStride + g;
+#pragma unroll
+      for (int dn = 0; dn < kDTiles; ++dn) {
+        const uint32_t b0 = to_tf32(__float_as_uint(v0[8 * dn]));
+        const uint32_t b1 = to_tf32(__float_as_uint(v0[kStride + 8 * dn]));
+        TcTraits<float>::mma(grad[dn], a, b0, b1);
+      }
+    }
+  }
+};
+
+// Forward: one block per (64-row tile, column split); it sweeps the split's columns
+// [c_begin, c_end) and writes the partial LSE state (max, sum) of each row for that split, and
+// the positive logit from the one split that holds it. lse_finish_kernel merges the splits.
+// Splitting the columns only adds blocks when the row tiles alone cannot fill the GPU.
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
+    tc_forward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
+                      int D, int row_offset, float inv_tau, bool vec_ok, int split_cols,
+                      float* __restrict__ part_max, float* __restrict__ part_sum,
+                      float* __restrict__ pos_logit) {
+  using Tr = TcTraits<T>;
+  __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
+  __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = blockIdx.x * kTcRows;
+  const int c_begin = blockIdx.y * split_cols;  // < C: the host launches ceil(C / split_cols)
+  const int c_end = min(C, c_begin + split_cols);
+  const int nk = (D + Tr::kChunk - 1) / Tr::kChunk;
+  const int ntiles = (c_end - c_begin + kTcCols - 1) / kTcCols;
+  const int nsteps = ntiles * nk;
+
+  // This thread's two rows (g and g + 8 of its warp), their self and positive columns.
+  int row[2], self_col[2], pos_col[2];
+  float run_max[2], run_sum[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = row0 + warp * 16 + g + 8 * h;
+    self_col[h] = row_offset + row[h];
+    pos_col[h] = positive_col_i32(row[h], R, row_offset);
+    lse_init(run_max[h], run_sum[h]);
+  }
+
+  // Step s loads chunk s % nk of the row tile and of column tile s / nk into buffer s & 1.
+  auto issue = [&](int s) {
+    const int j = s / nk, kc = s - j * nk;
+    load_chunk<T>(a_tiles[s & 1], u_rows, R, D, row0, kc * Tr::kChunk, vec_ok);
+    load_chunk<T>(b_tiles[s & 1], u_cols, C, D, c_begin + j * kTcCols, kc * Tr::kChunk,
+                  vec_ok);
+  };
+
+  issue(0);
+  cp_async_commit();
+  int step = 0;
+  for (int j = 0; j < ntiles; ++j) {
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+
+    for (int kc = 0; kc < nk; ++kc, ++step) {
+      if (step + 1 < nsteps) issue(step + 1);  // buffer (step+1)&1 was released by the last sync
+      cp_async_commit();                       // (an empty group at the end keeps wait_1 exact)
+      cp_async_wait_1();
+      __syncthreads();
+      warp_gemm1<T>(acc, a_tiles[step & 1], b_tiles[step & 1], warp, lane);
+      __syncthreads();
+    }
+
+    // Online log-sum-exp over this tile, in fp32 registers. The tile max is reduced over the 4
+    // threads of a row (a quad), so they always share run_max and their partial sums can simply
+    // be added at the end. Masked logits are -inf; an all-masked tile has max -inf, and its
+    // terms are taken relative to 0 (not to -inf, which would give exp(nan)) so its sum is 0
+    // and lse_merge skips it. NaN logits are skipped by fmaxf but make the sum NaN: NaN out.
+    const int col0 = c_begin + j * kTcCols;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float s[16];
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = col0 + nt * 8 + 2 * t4 + e;
+          float v = acc[nt][2 * h + e] * inv_tau;
+          // The positive is in exactly one split: one writer per row.
+          if (c == pos_col[h] && c < c_end && row[h] < R) pos_logit[row[h]] = v;
+          if (c >= c_end || c == self_col[h]) v = -INFINITY;  // self excluded exactly
+          s[2 * nt + e] = v;
+          tile_max = fmaxf(tile_max, v);
+        }
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float ref = tile_max == -INFINITY ? 0.f : tile_max;
+      float tile_sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) tile_sum += exp_acc(s[i] - ref);
+      lse_merge(run_max[h], run_sum[h], tile_max, tile_sum);
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float total = run_sum[h] + __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    if (t4 == 0 && row[h] < R) {
+      const int64_t at = static_cast<int64_t>(blockIdx.y) * R + row[h];
+      part_max[at] = run_max[h];
+      part_sum[at] = total;
+    }
+  }
+}
+
+// Merges the column splits of each row: lse = LSE over splits, loss = lse - positive logit.
+// A split in which a row has no valid column left (-inf, 0) is skipped by lse_merge.
+__global__ void __launch_bounds__(256)
+    lse_finish_kernel(const float* __restrict__ part_max, const float* __restrict__ part_sum,
+                      const float* __restrict__ pos_logit, int R, int splits,
+                      float* __restrict__ row_loss, float* __restrict__ row_lse) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= R) return;
+  float run_max, run_sum;
+  lse_init(run_max, run_sum);
+  for (int sp = 0; sp < splits; ++sp)
+    lse_merge(run_max, run_sum, part_max[static_cast<int64_t>(sp) * R + r],
+              part_sum[static_cast<int64_t>(sp) * R + r]);
+  const float lse = lse_value(run_max, run_sum);
+  row_lse[r] = lse;
+  row_loss[r] = lse - pos_logit[r];
+}
+
+// Backward, first stage: grad_part[split z][rows of this tile, D range of blockIdx.y] =
+//   1/tau sum_{m in split z} coef_im u_m,  coef_im = w_i P_im + w_m P_mi,
+// minus (w_i + w_m) at m = pos(i), coefficient 0 at m = i exactly. The coefficients go through
+// a 16-bit (or tf32) operand, so they are divided by the largest |weight| first (kept in
+// [-2, 2]: no fp16 underflow from w ~ 1/2N) and the product is scaled back in fp32. Folding
+// the positive term into the coefficient cancels w (P - 1) in fp32 before rounding.
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
+    tc_backward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
+                       int D, int row_offset, float inv_tau, bool vec_ok,
+                       const float* __restrict__ row_lse, const float* __restrict__ col_lse,
+                       const float* __restrict__ row_weight,
+                       const float* __restrict__ col_weight,
+                       const float* __restrict__ weight_absmax, int split_cols,
+                       float* __restrict__ grad_part) {
+  using Tr = TcTraits<T>;
+  using G2 = Gemm2<T>;
+  constexpr int kNV = Tr::kGradChunks;
+  __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
+  __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = blockIdx.x * kTcRows;
+  const int d_block = blockIdx.y * kNV * Tr::kChunk;
+  const int nk = (D + Tr::kChunk - 1) / Tr::kChunk;
+  const int nv = min(kNV, (D - d_block + Tr::kChunk - 1) / Tr::kChunk);
+  const int per_tile = nk + nv;
+  const int c_begin = blockIdx.z * split_cols;  // column split, as in the forward
+  const int c_end = min(C, c_begin + split_cols);
+  const int ntiles = (c_end - c_begin + kTcCols - 1) / kTcCols;
+  const int nsteps = ntiles * per_tile;
+
+  // NaN or 0 max -> scale 1 (NaN weights then reach the coefficients directly: NaN out).
+  const float wmax = *weight_absmax;
+  const float scale = wmax > 0.f ? wmax : 1.f;
+  const float inv_scale = 1.f / scale;
+
+  int row[2], self_col[2], pos_col[2];
+  float lse_r[2], w_r[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = row0 + warp * 16 + g + 8 * h;
+    self_col[h] = row_offset + row[h];
+    pos_col[h] = positive_col_i32(row[h], R, row_offset);
+    lse_r[h] = row[h] < R ? row_lse[row[h]] : 0.f;
+    w_r[h] = row[h] < R ? row_weight[row[h]] : 0.f;
+  }
+
+  float grad[kNV][G2::kDTiles][4];
+#pragma unroll
+  for (int v = 0; v < kNV; ++v)
+#pragma unroll
+    for (int dn = 0; dn < G2::kDTiles; ++dn)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) grad[v][dn][i] = 0.f;
+
+  // Per column tile: nk steps load (row chunk, column chunk) for the similarity product, then
+  // nv steps load only column chunks of this block's D range (V) for the second product.
+  auto issue = [&](int s) {
+    const int j = s / per_tile, q = s - j * per_tile;
+    if (q < nk) {
+      load_chunk<T>(a_tiles[s & 1], u_rows, R, D, row0, q * Tr::kChunk, vec_ok);
+      load_chunk<T>(b_tiles[s & 1], u_cols, C, D, c_begin + j * kTcCols, q * Tr::kChunk,
+                    vec_ok);
+    } else {
+      load_chunk<T>(b_tiles[s & 1], u_cols, C, D, c_begin + j * kTcCols,
+                    d_block + (q - nk) * Tr::kChunk, vec_ok);
+    }
+  };
+  auto begin_step = [&](int s) {
+    if (s + 1 < nsteps) issue(s + 1);
+    cp_async_commit();
+    cp_async_wait_1();
+    __syncthreads();
+  };
+
+  issue(0);
+  cp_async_commit();
+  int step = 0;
+  for (int j = 0; j < ntiles; ++j) {
+    uint32_t coef[G2::kCoefRegs];
+    {
+      float acc[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+      for (int kc = 0; kc < nk; ++kc, ++step) {
+        begin_step(step);
+        warp_gemm1<T>(acc, a_tiles[step & 1], b_tiles[step & 1], warp, lane);
+        __syncthreads();
+      }
+      const int col0 = c_begin + j * kTcCols;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = col0 + nt * 8 + 2 * t4 + e;
+          const bool col_ok = c < c_end;
+          const float lse_m = col_ok ? col_lse[c] : 0.f;
+          const float w_m = col_ok ? col_weight[c] : 0.f;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float coeff = 0.f;
+            if (col_ok && row[h] < R && c != self_col[h]) {
+              const float s = acc[nt][2 * h + e] * inv_tau;
+              coeff = pair_coeff(s, lse_r[h], lse_m, w_r[h], w_m);
+              if (c == pos_col[h]) coeff -= w_r[h] + w_m;
+            }
+            acc[nt][2 * h + e] = coeff * inv_scale;
+          }
+        }
+      G2::make_coef(coef, acc);
+    }
+#pragma unroll
+    for (int v = 0; v < kNV; ++v) {
+      if (v < nv) {  // uniform over the block
+        begin_step(step);
+        G2::run(grad[v], coef, b_tiles[step & 1], lane);
+        __syncthreads();
+        ++step;
+      }
+    }
+  }
+
+  const float out_scale = scale * inv_tau;
+  float* grad_u = grad_part + static_cast<int64_t>(blockIdx.z) * R * D;  // this split's slice
+#pragma unroll
+  for (int v = 0; v < kNV; ++v)
+#pragma unroll
+    for (int dn = 0; dn < G2::kDTiles; ++dn)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int d = d_block + v * Tr::kChunk + dn * 8 + 2 * t4 + e;
+          if (row[h] < R && d < D)
+            grad_u[static_cast<int64_t>(row[h]) * D + d] = grad[v][dn][2 * h + e] * out_scale;
+        }
+}
+
+// ============================================================================================
+// SIMT path: exact fp32 (TF32 not allowed) and fp64
+// ============================================================================================
+// 16 x 16 threads; thread (ty, tx) owns rows ty + 16 i and columns tx + 16 j of a TILE x TILE
+// block (TILE = 64 for fp32, 32 for fp64 to stay within 48 KiB of static shared memory).
+// Operands are staged k-major ([k][row], padded by 1) so the inner loop reads one broadcast
+// word per row group and 16 consecutive words per column group.
+constexpr int kSimtThreads = 256;
+constexpr int kSimtK = 16;
+
+template <int TILE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void simt_load_rows(acc_t (*dst)[TILE + 1],
+                                               const scalar_t* __restrict__ src, int nrows,
+                                               int D, int row0, int k0) {
+  for (int idx = threadIdx.x; idx < TILE * kSimtK; idx += kSimtThreads) {
+    const int r = idx / kSimtK, k = idx % kSimtK;
+    const int gr = row0 + r, gk = k0 + k;
+    dst[k][r] = (gr < nrows && gk < D) ? static_cast<acc_t>(src[static_cast<int64_t>(gr) * D + gk])
+                                       : acc_t(0);
+  }
+}
+
+// V chunk for the backward: dst[m][d] = src[col0 + m][d0 + d], m < 16, d < TILE.
+template <int TILE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void simt_load_v(acc_t (*dst)[TILE + 1],
+                                            const scalar_t* __restrict__ src, int nrows, int D,
+                                            int m0, int d0) {
+  for (int idx = threadIdx.x; idx < TILE * kSimtK; idx += kSimtThreads) {
+    const int m = idx / TILE, d = idx % TILE;
+    const int gm = m0 + m, gd = d0 + d;
+    dst[m][d] = (gm < nrows && gd < D) ? static_cast<acc_t>(src[static_cast<int64_t>(gm) * D + gd])
+                                       : acc_t(0);
+  }
+}
+
+// acc[i][j] = sum_k u_rows[row0 + ty + 16 i, k] u_cols[col0 + tx + 16 j, k] over all of D.
+template <int TILE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void simt_tile_dot(acc_t (&acc)[TILE / 16][TILE / 16],
+                                              acc_t (*a_s)[TILE + 1], acc_t (*b_s)[TILE + 1],
+                                              const scalar_t* __restrict__ u_rows,
+                                              const scalar_t* __restrict__ u_cols, int R, int C,
+                                              int D, int row0, int col0) {
+  constexpr int TM = TILE / 16;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TM; ++j) acc[i][j] = acc_t(0);
+  for (int k0 = 0; k0 < D; k0 += kSimtK) {
+    simt_load_rows<TILE>(a_s, u_rows, R, D, row0, k0);
+    simt_load_rows<TILE>(b_s, u_cols, C, D, col0, k0);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kSimtK; ++k) {
+      acc_t a[TM], b[TM];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = a_s[k][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < TM; ++j) b[j] = b_s[k][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TM; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+}
+
+template <typename scalar_t, typename acc_t, int TILE>
+__global__ void __launch_bounds__(kSimtThreads, 1)
+    simt_forward_kernel(const scalar_t* __restrict__ u_rows, const scalar_t* __restrict__ u_cols,
+                        int R, int C, int D, int row_offset, acc_t inv_tau,
+                        acc_t* __restrict__ row_loss, acc_t* __restrict__ row_lse) {
+  constexpr int TM = TILE / 16;
+  __shared__ acc_t a_s[kSimtK][TILE + 1];
+  __shared__ acc_t b_s[kSimtK][TILE + 1];
+  __shared__ acc_t s_pos[TILE];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int row0 = blockIdx.x * TILE;
+
+  int self_col[TM], pos_col[TM];
+  acc_t run_max[TM], run_sum[TM];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int r = row0 + ty + 16 * i;
+    self_col[i] = row_offset + r;
+    pos_col[i] = positive_col_i32(r, R, row_offset);
+    lse_init(run_max[i], run_sum[i]);
+  }
+
+  for (int col0 = 0; col0 < C; col0 += TILE) {
+    acc_t acc[TM][TM];
+    simt_tile_dot<TILE>(acc, a_s, b_s, u_rows, u_cols, R, C, D, row0, col0);
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TM; ++j) {
+        const int c = col0 + tx + 16 * j;
+        if (c >= C) continue;
+        const acc_t s = acc[i][j] * inv_tau;
+        if (c == pos_col[i]) s_pos[ty + 16 * i] = s;
+        if (c != self_col[i]) lse_push(run_max[i], run_sum[i], s);  // self excluded exactly
+      }
+  }
+  // Merge the 16 partial states of a row (lanes tx = 0..15 of one half-warp).
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int off = 8; off >= 1; off >>= 1) {
+      const acc_t other_max = __shfl_xor_sync(0xffffffffu, run_max[i], off);
+      const acc_t other_sum = __shfl_xor_sync(0xffffffffu, run_sum[i], off);
+      lse_merge(run_max[i], run_sum[i], other_max, other_sum);
+    }
+  __syncthreads();  // s_pos writes (after the last tile's loop barrier) visible to tx == 0
+  if (tx == 0) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      const int r = row0 + ty + 16 * i;
+      if (r < R) {
+        const acc_t lse = lse_value(run_max[i], run_sum[i]);
+        row_lse[r] = lse;
+        row_loss[r] = lse - s_pos[ty + 16 * i];
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, int TILE>
+__global__ void __launch_bounds__(kSimtThreads, 1)
+    simt_backward_kernel(const scalar_t* __restrict__ u_rows,
+                         const scalar_t* __restrict__ u_cols, int R, int C, int D,
+                         int row_offset, acc_t inv_tau, const acc_t* __restrict__ row_lse,
+                         const acc_t* __restrict__ col_lse, const acc_t* __restrict__ row_weight,
+                         const acc_t* __restrict__ col_weight, acc_t* __restrict__ grad_u) {
+  constexpr int TM = TILE / 16;
+  __shared__ acc_t a_s[kSimtK][TILE + 1];
+  __shared__ acc_t b_s[kSimtK][TILE + 1];
+  __shared__ acc_t coef_s[TILE][TILE + 1];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int row0 = blockIdx.x * TILE;
+  const int d0 = blockIdx.y * TILE;
+
+  int row[TM], self_col[TM], pos_col[TM];
+  acc_t lse_r[TM], w_r[TM];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    row[i] = row0 + ty + 16 * i;
+    self_col[i] = row_offset + row[i];
+    pos_col[i] = positive_col_i32(row[i], R, row_offset);
+    lse_r[i] = row[i] < R ? row_lse[row[i]] : acc_t(0);
+    w_r[i] = row[i] < R ? row_weight[row[i]] : acc_t(0);
+  }
+  acc_t grad[TM][TM];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TM; ++j) grad[i][j] = acc_t(0);
+
+  for (int col0 = 0; col0 < C; col0 += TILE) {
+    acc_t acc[TM][TM];
+    simt_tile_dot<TILE>(acc, a_s, b_s, u_rows, u_cols, R, C, D, row0, col0);
+    // coef_s was last read before the barrier that ended the previous tile's second product.
+#pragma unroll
+    for (int j = 0; j < TM; ++j) {
+      const int c = col0 + tx + 16 * j;
+      const bool col_ok = c < C;
+      const acc_t lse_m = col_ok ? col_lse[c] : acc_t(0);
+      const acc_t w_m = col_ok ? col_weight[c] : acc_t(0);
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+        acc_t coeff = acc_t(0);
+        if (col_ok && row[i] < R && c != self_col[i]) {
+          coeff = pair_coeff(acc[i][j] * inv_tau, lse_r[i], lse_m, w_r[i], w_m);
+          if (c == pos_col[i]) coeff -= w_r[i] + w_m;
+        }
+        coef_s[ty + 16 * i][tx + 16 * j] = coeff;
+      }
+    }
+    for (int m0 = 0; m0 < TILE; m0 += kSimtK) {
+      simt_load_v<TILE>(b_s, u_cols, C, D, col0 + m0, d0);
+      __syncthreads();  // also publishes coef_s for m0 == 0
+#pragma unroll
+      for (int k = 0; k < kSimtK; ++k) {
+        acc_t cf[TM], v[TM];
+#pragma unroll
+        for (int i = 0; i < TM; ++i) cf[i] = coef_s[ty + 16 * i][m0 + k];
+#pragma unroll
+        for (int j = 0; j < TM; ++j) v[j] = b_s[k][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+          for (int j = 0; j < TM; ++j) grad[i][j] = fma(cf[i], v[j], grad[i][j]);
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TM; ++j) {
+      const int d = d0 + tx + 16 * j;
+      if (row[i] < R && d < D) grad_u[static_cast<int64_t>(row[i]) * D + d] = grad[i][j] * inv_tau;
+    }
+}
+
+// ============================================================================================
+// Normalization backward: one warp per row, grad_z = (grad_u - u (u . grad_u)) / ||z||, with
+// grad_u the sum of the backward's column-split slices
+// ============================================================================================
+constexpr int kNormThreads = 256;
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kNormThreads)
+    normalize_backward_kernel(const scalar_t* __restrict__ u, const acc_t* __restrict__ grad_part,
+                              int splits, const acc_t* __restrict__ norm, int R, int D,
+                              scalar_t* __restrict__ grad_z) {
+  const int lane = threadIdx.x & 31;
+  const int r = blockIdx.x * (kNormThreads / 32) + (threadIdx.x >> 5);
+  if (r >= R) return;
+  const scalar_t* u_row = u + static_cast<int64_t>(r) * D;
+  const acc_t* g_row = grad_part + static_cast<int64_t>(r) * D;
+  const int64_t split_stride = static_cast<int64_t>(R) * D;
+  // grad_u = sum of the column splits' slices, in a fixed order (bitwise reproducible)
+  auto grad_at = [&](int d) {
+    acc_t gsum = g_row[d];
+    for (int sp = 1; sp < splits; ++sp) gsum += g_row[sp * split_stride + d];
+    return gsum;
+  };
+  acc_t dot = acc_t(0);
+  for (int d = lane; d < D; d += 32) dot += static_cast<acc_t>(u_row[d]) * grad_at(d);
+#pragma unroll
+  for (int off = 16; off >= 1; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+  const acc_t n = norm[r];
+  scalar_t* out = grad_z + static_cast<int64_t>(r) * D;
+  for (int d = lane; d < D; d += 32)
+    out[d] = static_cast<scalar_t>(
+        normalize_backward(grad_at(d), static_cast<acc_t>(u_row[d]), dot, n));
+}
+
+// ============================================================================================
+// Host side
+// ============================================================================================
+// The effective CUDA matmul precision that cuBLAS matmuls use: TF32 after
+// torch.backends.cuda.matmul.allow_tf32 = True (or fp32_precision = "tf32") or
+// set_float32_matmul_precision("high"); BF16 ("medium") allows even less, so TF32 too. Read
+// through the new API: allowTF32CuBLAS() raises when legacy and new settings were mixed.
+bool tf32_allowed() {
+  const auto p =
+      at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+  return p == at::Float32Precision::TF32 || p == at::Float32Precision::BF16;
+}
+
+// cp.async needs 16-byte aligned sources: the base pointers and every row start.
+bool vec_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
+         (t.size(1) * t.element_size()) % 16 == 0;
+}
+
+// Row and column indices are int in the kernels (global offsets are int64); 2^30 also keeps
+// r + R/2 of a padded row tile (positive_col_i32) far from overflow.
+constexpr int64_t kMaxColumns = int64_t(1) << 30;
+
+void check_sizes(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset) {
+  TORCH_CHECK(u_cols.size(0) <= kMaxColumns && u_cols.size(1) <= INT_MAX &&
+                  row_offset <= INT_MAX,
+              "nt_xent (CUDA): at most ", kMaxColumns, " columns are supported, got ",
+              u_cols.size(0));
+}
+
+// Column splits for a tensor-core launch with `blocks` blocks per split: enough splits to give
+// every resident block slot of the GPU one block (more would start a partly empty second
+// wave), never more than the column tiles. 2N = 4096: 64 row tiles -> 8 splits on an H100.
+template <typename Kernel>
+int column_splits(Kernel kernel, int64_t blocks, int col_tiles) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTcThreads, 0));
+  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) *
+                        at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(1, slots / blocks), col_tiles));
+}
+
+// Columns per split, a multiple of the column tile; updates `splits` so none is empty.
+int split_columns(int C, int& splits) {
+  const int col_tiles = (C + kTcCols - 1) / kTcCols;
+  const int split_cols = (col_tiles + splits - 1) / splits * kTcCols;
+  splits = (C + split_cols - 1) / split_cols;
+  return split_cols;
+}
+
+template <typename T>
+void launch_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
+                       double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
+  const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
+  const int row_tiles = (R + kTcRows - 1) / kTcRows;
+  int splits = column_splits(tc_forward_kernel<T>, row_tiles, (C + kTcCols - 1) / kTcCols);
+  const int split_cols = split_columns(C, splits);
+  const auto f32 = u_rows.options().dtype(at::kFloat);
+  // Per split and row: running max and sum (every element written: each split has >= 1 tile).
+  at::Tensor part_max = at::empty({splits, R}, f32);
+  at::Tensor part_sum = at::empty({splits, R}, f32);
+  at::Tensor pos_logit = at::empty({R}, f32);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  tc_forward_kernel<T><<<dim3(row_tiles, splits), kTcThreads, 0, stream>>>(
+      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
+      static_cast<float>(1.0 / temperature), vec_ok, split_cols, part_max.data_ptr<float>(),
+      part_sum.data_ptr<float>(), pos_logit.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  lse_finish_kernel<<<(R + 255) / 256, 256, 0, stream>>>(
+      part_max.data_ptr<float>(), part_sum.data_ptr<float>(), pos_logit.data_ptr<float>(), R,
+      splits, row_loss.data_ptr<float>(), row_lse.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t, int TILE>
+void launch_simt_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
+                         double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
+  const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  const dim3 grid((R + TILE - 1) / TILE);
+  simt_forward_kernel<scalar_t, acc_t, TILE>
+      <<<grid, kSimtThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
+          static_cast<int>(row_offset), static_cast<acc_t>(1.0 / temperature),
+          row_loss.data_ptr<acc_t>(), row_lse.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// grad_u before the normalization backward, as `splits` slices [splits, R, D] to be summed.
+struct GradParts {
+  at::Tensor slices;
+  int splits;
+};
+
+template <typename T>
+GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                             const at::Tensor& row_lse, const at::Tensor& col_lse,
+                             const at::Tensor& row_weight, const at::Tensor& col_weight,
+                             int64_t row_offset, double temperature) {
+  const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
+  constexpr int kDRange = TcTraits<T>::kGradChunks * TcTraits<T>::kChunk;
+  const int row_tiles = (R + kTcRows - 1) / kTcRows;
+  const int d_ranges = (D + kDRange - 1) / kDRange;
+  int splits = column_splits(tc_backward_kernel<T>, static_cast<int64_t>(row_tiles) * d_ranges,
+                             (C + kTcCols - 1) / kTcCols);
+  const int split_cols = split_columns(C, splits);
+  // [splits, R, D] fp32, every element written once; splits * row_tiles * d_ranges <= resident
+  // blocks when splits > 1, so this stays O(N D) (and ~13 MB at most beyond [R, D]).
+  at::Tensor slices = at::empty({splits, R, D}, u_rows.options().dtype(at::kFloat));
+  // Device-side max |w| (a 0-d tensor, no host sync): the coefficient scale.
+  const at::Tensor weight_absmax =
+      at::maximum(row_weight.abs().amax(), col_weight.abs().amax()).contiguous();
+  tc_backward_kernel<T>
+      <<<dim3(row_tiles, d_ranges, splits), kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
+          static_cast<float>(1.0 / temperature), vec_ok, row_lse.data_ptr<float>(),
+          col_lse.data_ptr<float>(), row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
+          weight_absmax.data_ptr<float>(), split_cols, slices.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {slices, splits};
+}
+
+template <typename scalar_t, typename acc_t, int TILE>
+GradParts launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                               const at::Tensor& row_lse, const at::Tensor& col_lse,
+                               const at::Tensor& row_weight, const at::Tensor& col_weight,
+                               int64_t row_offset, double temperature) {
+  const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  // [R, D] in the accumulation dtype, every element written by the kernel.
+  const auto acc = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
+  at::Tensor grad_u = at::empty({R, D}, u_rows.options().dtype(acc));
+  const dim3 grid((R + TILE - 1) / TILE, (D + TILE - 1) / TILE);
+  simt_backward_kernel<scalar_t, acc_t, TILE>
+      <<<grid, kSimtThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
+          static_cast<int>(row_offset), static_cast<acc_t>(1.0 / temperature),
+          row_lse.data_ptr<acc_t>(), col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(),
+          col_weight.data_ptr<acc_t>(), grad_u.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {grad_u, 1};
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
+                  double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    launch_simt_forward<double, double, 32>(u_rows, u_cols, row_offset, temperature, row_loss,
+                                            row_lse);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tf32_allowed())
+      launch_tc_forward<float>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
+    else
+      launch_simt_forward<float, float, 64>(u_rows, u_cols, row_offset, temperature, row_loss,
+                                            row_lse);
+  } else {
+    launch_tc_forward<scalar_t>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
+  }
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                   const at::Tensor& norm_rows, const at::Tensor& row_lse,
+                   const at::Tensor& col_lse, const at::Tensor& row_weight,
+                   const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                   at::Tensor& grad_z) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  GradParts parts;
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    parts = launch_simt_backward<double, double, 32>(u_rows, u_cols, row_lse, col_lse,
+                                                     row_weight, col_weight, row_offset,
+                                                     temperature);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tf32_allowed())
+      parts = launch_tc_backward<float>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                        col_weight, row_offset, temperature);
+    else
+      parts = launch_simt_backward<float, float, 64>(u_rows, u_cols, row_lse, col_lse,
+                                                     row_weight, col_weight, row_offset,
+                                                     temperature);
+  } else {
+    parts = launch_tc_backward<scalar_t>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                         col_weight, row_offset, temperature);
+  }
+  const int R = u_rows.size(0), D = u_rows.size(1);
+  const dim3 grid((R + kNormThreads / 32 - 1) / (kNormThreads / 32));
+  normalize_backward_kernel<scalar_t, acc_t>
+      <<<grid, kNormThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<scalar_t>(), parts.slices.data_ptr<acc_t>(), parts.splits,
+          norm_rows.data_ptr<acc_t>(), R, D, grad_z.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
+                                                const at::Tensor& u_cols, int64_t row_offset,
+                                                double temperature) {
+  const c10::cuda::CUDAGuard guard(u_rows.device());
+  check_sizes(u_rows, u_cols, row_offset);
+  const auto acc = u_rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor row_loss = at::empty({u_rows.size(0)}, u_rows.options().dtype(acc));
+  at::Tensor row_lse = at::empty({u_rows.size(0)}, u_rows.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent forward (CUDA)", [&] {
+        forward_impl<scalar_t>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
+      });
+  return {row_loss, row_lse};
+}
+
+at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                         const at::Tensor& norm_rows, const at::Tensor& row_lse,
+                         const at::Tensor& col_lse, const at::Tensor& row_weight,
+                         const at::Tensor& col_weight, int64_t row_offset, double temperature) {
+  const c10::cuda::CUDAGuard guard(u_rows.device());
+  check_sizes(u_rows, u_cols, row_offset);
+  at::Tensor grad_z = at::empty_like(u_rows, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent backward (CUDA)", [&] {
+        backward_impl<scalar_t>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
+                                col_weight, row_offset, temperature, grad_z);
+      });
+  return grad_z;
+}
+
+}  // namespace ntxent
+}  // namespace simclr_ext
