@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "lars/lars.h"
 #include "ntxent/ntxent.h"
 
 #define SIMCLR_STR_(x) #x
@@ -49,4 +50,12 @@ PYBIND11_MODULE(_C, m) {
   // NT-Xent (csrc/ntxent): see ntxent.h for the layout of rows, columns and weights.
   m.def("ntxent_normalize", &simclr_ext::ntxent::normalize, pybind11::arg("z"),
         "u = z / max(||z||, 1e-12) and the row norms");
+
+  // LARS (csrc/lars): one fused step for a bucket of tensors on one device with one dtype; the
+  // per-tensor hyperparameters are host scalars (see lars.h).
+  m.def("lars_step", &simclr_ext::lars::lars_step, pybind11::arg("params"),
+        pybind11::arg("grads"), pybind11::arg("momentum_buffers"), pybind11::arg("lrs"),
+        pybind11::arg("weight_decays"), pybind11::arg("momentums"), pybind11::arg("etas"),
+        pybind11::arg("lars_adaptation"), pybind11::arg("nesterov"),
+        "Fused multi-tensor LARS step, in place on params and momentum_buffers");
 }
