@@ -428,7 +428,8 @@ def test_compiled_call_matches_eager(device):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def _kernel_launches(opt):
+def _cuda_activity(opt):
+    """(kernel launches, host-to-device copies) of one opt.step() after a warm-up step."""
     from torch.profiler import ProfilerActivity, profile
 
     opt.step()  # buffers created outside the profile
@@ -436,8 +437,10 @@ def _kernel_launches(opt):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         opt.step()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and "lars" in e.name.lower() or "multi_tensor" in e.name.lower())
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = sum(1 for n in names if "multi_tensor_apply_kernel" in n)
+    copies = sum(1 for n in names if "memcpy" in n.lower())
+    return kernels, copies
 
 
 @pytest.mark.cuda
@@ -447,9 +450,9 @@ def test_cuda_launch_count_independent_of_tensor_count():
     many = [torch.randn(100, 10, device="cuda", requires_grad=True) for _ in range(500)]
     for p in few + many:
         p.grad = torch.randn_like(p)
-    n_few = _kernel_launches(LARS(few, lr=0.1))
-    n_many = _kernel_launches(LARS(many, lr=0.1))
-    assert n_few == n_many and 1 <= n_few <= 3, (n_few, n_many)
+    # per (device, dtype) bucket: one plan upload, the norm pass and the update, whatever the count
+    assert _cuda_activity(LARS(few, lr=0.1)) == (2, 1)
+    assert _cuda_activity(LARS(many, lr=0.1)) == (2, 1)
 
 
 @pytest.mark.cuda

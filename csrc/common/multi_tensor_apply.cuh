@@ -48,7 +48,7 @@ struct Plan {
   int64_t chunk_size = 0;
 };
 
-inline int64_t chunks_of(int64_t numel, int64_t chunk_size) {
+C10_HOST_DEVICE inline int64_t chunks_of(int64_t numel, int64_t chunk_size) {
   return (numel + chunk_size - 1) / chunk_size;
 }
 
