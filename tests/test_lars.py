@@ -248,6 +248,18 @@ def test_grad_none_is_skipped_and_empty_tensors_are_fine(device):
     assert torch.equal(ps[1], before)
 
 
+def test_step_bumps_version_counters(device):
+    ps = random_params(device)
+    opt = LARS(ps, lr=0.1)
+    before = [p._version for p in ps]
+    opt.step()
+    assert all(p._version > v for p, v in zip(ps, before) if p.numel() > 0)
+    buf = opt.state[ps[0]]["momentum_buffer"]
+    v0 = buf._version
+    opt.step()
+    assert buf._version > v0
+
+
 def test_fused_step_is_deterministic(device):
     ps = random_params(device)
     qs = clone_params(ps)

@@ -97,6 +97,12 @@ void lars_step(const std::vector<at::Tensor>& params, const std::vector<at::Tens
   } else {
     lars_step_cpu(p_live, g_live, v_live, hyper);
   }
+  // In-place updates bump the version counters, as torch's in-place ops do, so autograd still
+  // detects a parameter changed after it was saved for backward.
+  for (size_t i = 0; i < p_live.size(); ++i) {
+    p_live[i].unsafeGetTensorImpl()->bump_version();
+    v_live[i].unsafeGetTensorImpl()->bump_version();
+  }
 }
 
 }  // namespace lars

@@ -25,6 +25,19 @@ constexpr int64_t kChunk = 32768;
 // Sum of squares in fp32 over at most this many elements before spilling into fp64: keeps the
 // fp32 round-off of a norm ~1e-7 relative while the inner loop stays a vectorized fp32 loop.
 constexpr int64_t kSubBlock = 1024;
+// A bucket with fewer elements runs on the calling thread: waking the pool costs more than the
+// work (and, on a busy machine, waits for a descheduled worker for milliseconds).
+constexpr int64_t kParallelMinElements = int64_t(1) << 18;
+
+// fn(begin, end) over chunk indices: in parallel for big buckets, inline for small ones.
+template <typename F>
+void for_chunks(int64_t num_chunks, int64_t total_elements, const F& fn) {
+  if (total_elements < kParallelMinElements) {
+    fn(0, num_chunks);
+  } else {
+    at::parallel_for(0, num_chunks, 1, fn);
+  }
+}
 
 struct Chunk {
   int32_t tensor;
@@ -73,9 +86,11 @@ void lars_step_cpu(const std::vector<at::Tensor>& params, const std::vector<at::
   // Chunk table over all tensors; first_chunk[t] .. first_chunk[t + 1] are tensor t's chunks.
   std::vector<Chunk> chunks;
   std::vector<int64_t> first_chunk(num_tensors + 1, 0);
+  int64_t total_elements = 0;
   for (int64_t t = 0; t < num_tensors; ++t) {
     first_chunk[t] = static_cast<int64_t>(chunks.size());
     const int64_t n = params[t].numel();
+    total_elements += n;
     for (int64_t b = 0; b < n; b += kChunk) {
       chunks.push_back(Chunk{static_cast<int32_t>(t), b, std::min(n, b + kChunk)});
     }
@@ -97,7 +112,7 @@ void lars_step_cpu(const std::vector<at::Tensor>& params, const std::vector<at::
 
         // Pass 1: partial sums of squares, [num_chunks][2] = (sum w^2, sum g'^2).
         std::vector<double> partial(2 * num_chunks, 0.0);
-        at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+        for_chunks(num_chunks, total_elements, [&](int64_t begin, int64_t end) {
           for (int64_t c = begin; c < end; ++c) {
             const Chunk& ck = chunks[c];
             const TensorHyper& h = hyper[ck.tensor];
@@ -124,7 +139,7 @@ void lars_step_cpu(const std::vector<at::Tensor>& params, const std::vector<at::
         }
 
         // Pass 2: the update, chunk by chunk.
-        at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+        for_chunks(num_chunks, total_elements, [&](int64_t begin, int64_t end) {
           for (int64_t c = begin; c < end; ++c) {
             const Chunk& ck = chunks[c];
             const TensorHyper& h = hyper[ck.tensor];
