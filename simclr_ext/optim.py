@@ -130,6 +130,12 @@ class LARS(torch.optim.Optimizer):
                     f"LARS: parameters must be float64/float32/bfloat16/float16, got {p.dtype}"
                 )
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("lars_adaptation", True)
+
     @staticmethod
     def exclude_bias_and_norm(model_or_named_params, weight_decay: float) -> List[dict]:
         """SimCLR's groups; same as `simclr_ext.optim.simclr_param_groups`."""

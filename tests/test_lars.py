@@ -76,11 +76,14 @@ def test_50_steps_small_cnn_match_reference(device, dtype, tol):
     ref = RefLARS(simclr_param_groups(ref_model, 1e-4), lr=0.6, momentum=0.9, eta=0.001)
     start = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator().manual_seed(1)
-    for _ in range(50):
-        x = torch.randn(8, 3, 8, 8, generator=gen, dtype=dtype).to(device)
-        y = torch.randint(0, 10, (8,), generator=gen).to(device)
-        train_step(model, opt, x, y)
-        train_step(ref_model, ref, x, y)
+    # Both models must see the same gradients: deterministic cuDNN, no TF32 (CUDA only).
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
+                                    allow_tf32=False):
+        for _ in range(50):
+            x = torch.randn(8, 3, 8, 8, generator=gen, dtype=dtype).to(device)
+            y = torch.randint(0, 10, (8,), generator=gen).to(device)
+            train_step(model, opt, x, y)
+            train_step(ref_model, ref, x, y)
     for (name, p), r, p0 in zip(model.named_parameters(), ref_model.parameters(), start):
         assert not torch.equal(p, p0), f"{name} did not move"
         assert rel_err(p, r) <= tol, (name, rel_err(p, r))
@@ -438,6 +441,23 @@ def test_compiled_call_matches_eager(device):
     step(args[0], args[1], args[2])
     for a, b in zip(args[0] + args[2], eager[0] + eager[2]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_optimizer_step_matches_reference(device):
+    ps = random_params(device, shapes=((5, 3), (40000,), (4,)))
+    rs = clone_params(ps)
+    opt = LARS(ps, lr=0.1, weight_decay=1e-3, nesterov=True)
+    ref = RefLARS(rs, lr=0.1, weight_decay=1e-3, nesterov=True)
+
+    @torch.compile(fullgraph=True)
+    def step():
+        opt.step()
+
+    for _ in range(3):
+        step()
+        ref.step()
+    assert_close_to_reference(ps, rs, opt, ref, 1e-6)
 
 
 def _cuda_activity(opt):
