@@ -353,8 +353,10 @@ def test_grad_scaler_unscales_and_skips_inf_steps(device):
         before = [p.detach().clone() for p in model.parameters()]
         bufs_before = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()
                        if "momentum_buffer" in opt.state[p]]
-        scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
-        nn.functional.cross_entropy(ref_model(x), y).backward()
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True,
+                                        allow_tf32=False):
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            nn.functional.cross_entropy(ref_model(x), y).backward()
         if skip:
             next(model.parameters()).grad[0].view(-1)[0] = float("inf")
         scaler.step(opt)
