@@ -121,14 +121,16 @@ class LARS(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self._check_hyper(group, f" (param group {len(self.param_groups) - 1})")
-        for p in group["params"]:
-            if not p.is_floating_point() or p.dtype not in (
-                torch.float64, torch.float32, torch.bfloat16, torch.float16
-            ):
-                raise TypeError(
-                    f"LARS: parameters must be float64/float32/bfloat16/float16, got {p.dtype}"
-                )
+        try:
+            self._check_hyper(group, f" (param group {len(self.param_groups) - 1})")
+            for p in group["params"]:
+                if p.dtype not in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+                    raise TypeError(
+                        f"LARS: parameters must be float64/float32/bfloat16/float16, got {p.dtype}"
+                    )
+        except (TypeError, ValueError):
+            self.param_groups.pop()  # a rejected group must not stay half-added
+            raise
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

@@ -416,6 +416,10 @@ def test_bad_arguments_raise_value_error(kwargs, match):
         LARS([p], **kwargs)
     with pytest.raises(ValueError, match=match):  # the same check for a group's own setting
         LARS([{"params": [p], **kwargs}], lr=0.1)
+    opt = LARS([p], lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group({"params": [torch.randn(2, requires_grad=True)], **kwargs})
+    assert len(opt.param_groups) == 1
 
 
 def test_sparse_grad_and_bad_tensors_raise(device):
