@@ -6,6 +6,7 @@
 #include <string>
 
 #include "color/color.h"
+#include "lars/lars.h"
 #include "ntxent/ntxent.h"
 
 #define SIMCLR_STR_(x) #x
@@ -65,4 +66,12 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("apply_gray"), pybind11::arg("out"), pybind11::arg("mean"),
         pybind11::arg("std"),
         "Per-image SimCLR color distortion of images into out (returned); mean/std: [] or 3");
+
+  // LARS (csrc/lars): one fused step for a bucket of tensors on one device with one dtype; the
+  // per-tensor hyperparameters are host scalars (see lars.h).
+  m.def("lars_step", &simclr_ext::lars::lars_step, pybind11::arg("params"),
+        pybind11::arg("grads"), pybind11::arg("momentum_buffers"), pybind11::arg("lrs"),
+        pybind11::arg("weight_decays"), pybind11::arg("momentums"), pybind11::arg("etas"),
+        pybind11::arg("lars_adaptation"), pybind11::arg("nesterov"),
+        "Fused multi-tensor LARS step, in place on params and momentum_buffers");
 }

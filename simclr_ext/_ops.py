@@ -160,3 +160,48 @@ def _ntxent_backward_autograd(ctx, grad_row_loss, grad_row_lse):
 
 
 ntxent_forward.register_autograd(_ntxent_backward_autograd, setup_context=_ntxent_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# lars_step: fused multi-tensor LARS update of one (device, dtype) bucket, in place
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op(
+    "simclr_ext::lars_step", mutates_args=("params", "momentum_buffers")
+)
+def lars_step(
+    params: List[Tensor],
+    grads: List[Tensor],
+    momentum_buffers: List[Tensor],
+    lrs: List[float],
+    weight_decays: List[float],
+    momentums: List[float],
+    etas: List[float],
+    lars_adaptation: List[bool],
+    nesterov: List[bool],
+) -> None:
+    """One LARS step over a bucket (one device, one dtype), per tensor i (DESIGN 3.2):
+
+        g' = g + wd * w
+        trust = eta * ||w|| / ||g'||  if lars_adaptation and ||w|| > 0 and ||g'|| > 0, else 1
+        v = momentum * v + lr * trust * g'
+        w = w - v                     (nesterov: w - (momentum * v + lr * trust * g'))
+
+    params: w, fp64/fp32/bf16/fp16; grads: same dtype, shape and strides; momentum_buffers:
+    fp32 (fp64 for fp64 params), same shape and strides. The hyperparameter lists hold one host
+    scalar per tensor. A fixed number of kernel launches whatever the tensor count, no host sync.
+    """
+    _C.lars_step(
+        params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars_adaptation,
+        nesterov,
+    )
+
+
+@lars_step.register_fake
+def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars_adaptation,
+      nesterov):
+    n = len(params)
+    torch._check(
+        len(grads) == n and len(momentum_buffers) == n,
+        lambda: "lars_step: params, grads and momentum_buffers must have the same length",
+    )
+    return None
