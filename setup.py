@@ -112,7 +112,7 @@ def make_extension():
         log(f"CUDA_HOME={cpp_extension.CUDA_HOME}, TORCH_CUDA_ARCH_LIST={archs}")
     log(f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}, DEBUG={int(debug)}")
 
-    cxx = ["-fopenmp"] + (["-O0", "-g"] if debug else ["-O3"])
+    cxx = ["-fopenmp", "-Wno-psabi"] + (["-O0", "-g"] if debug else ["-O3"])
     nvcc = ["--expt-relaxed-constexpr", "-lineinfo"] + (["-O0"] if debug else ["-O3"])
     nvcc += shlex.split(os.environ.get("NVCC_FLAGS", ""))
     if os.environ.get("NVCC_FLAGS"):
