@@ -14,9 +14,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import harness  # noqa: E402
+import harness  # noqa: E402  (puts an in-place build first on sys.path)
 
 import simclr_ext  # noqa: E402
 from simclr_ext import reference  # noqa: E402

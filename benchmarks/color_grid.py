@@ -11,7 +11,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import harness  # noqa: E402,F401  (puts an in-place build first on sys.path)
 
 import simclr_ext  # noqa: E402
 

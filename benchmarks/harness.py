@@ -16,6 +16,17 @@ ROOT = BENCH_DIR.parent
 MIB = 2**20
 
 
+def in_place_build() -> bool:
+    """True when `python setup.py build_ext --inplace` put _C into the source tree."""
+    return bool(list((ROOT / "simclr_ext").glob("_C*.so")))
+
+
+# Benchmarks import simclr_ext from an in-place build when there is one (development), else the
+# installed package: the source tree alone has no compiled _C and must not shadow it.
+if in_place_build() and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
 def device_name(device: str = "cpu") -> str:
     """Readable name of the machine that runs `device`, e.g. 'NVIDIA H100 80GB HBM3'."""
     if device == "cuda":
@@ -69,9 +80,7 @@ def cpu_peak_mib(target: str, **kwargs) -> float:
     target is 'module:function' importable from benchmarks/ or the repository root;
     function(**kwargs) builds the inputs and returns the zero-argument callable to measure.
     """
-    paths = [str(BENCH_DIR)]
-    if list((ROOT / "simclr_ext").glob("_C*.so")):  # an in-place build; else the installed one
-        paths.append(str(ROOT))
+    paths = [str(BENCH_DIR)] + ([str(ROOT)] if in_place_build() else [])
     code = _CHILD.format(paths=paths, target=target, kwargs=json.dumps(kwargs))
     env = dict(os.environ)
     out = subprocess.run(

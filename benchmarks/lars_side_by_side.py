@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402,F401  (puts an in-place build first on sys.path)
 
 import torch  # noqa: E402
 

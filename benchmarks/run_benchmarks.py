@@ -29,7 +29,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     suffix = f"_{args.k}" if args.k else ""
     json_path = out / (args.name or f"bench_{args.device}{suffix}.json")
-    in_place = list((HERE.parent / "simclr_ext").glob("_C*.so"))
+    in_place = harness.in_place_build()
     cmd = [sys.executable, "-m", "pytest", str(HERE), "--benchmark-only", "-q",
            f"--bench-device={args.device}", f"--benchmark-json={json_path}"]
     if args.k:
