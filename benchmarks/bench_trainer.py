@@ -18,17 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import peak_mib, sync  # noqa: E402
 
 # (width, global batch, image side) per device: the CPU case is the main job's model
-CASES = {"cpu": (16, 128, 32), "cuda": (64, 512, 32)}
+CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}
 
 
-def make_step(impl: str, device: str, width: int, batch: int, size: int):
+def make_step(impl: str, where: str, width: int, batch: int, size: int):
     """Build a trainer step on fixed uint8 views; returns the zero-argument step."""
     from simclr_ext.data import DeviceAugment
     from simclr_ext.models import SimCLRModel
     from simclr_ext.recipe import build_ops, simclr_step
 
     torch.manual_seed(0)
-    dev = torch.device(device)
+    dev = torch.device(where)
     loss_cls, lars_cls, color_cls = build_ops(impl)
     model = SimCLRModel("resnet18", size, "nonlinear", width=width).to(dev)
     model = model.to(memory_format=torch.channels_last)
@@ -36,7 +36,7 @@ def make_step(impl: str, device: str, width: int, batch: int, size: int):
     crit = loss_cls(temperature=0.5)
     augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0)).to(dev)
     views = torch.randint(0, 256, (2 * batch, 3, size, size), dtype=torch.uint8, device=dev)
-    amp = torch.bfloat16 if device == "cuda" else None
+    amp = torch.bfloat16 if where == "cuda" else None
 
     def step():
         x = augment(views).contiguous(memory_format=torch.channels_last)
@@ -58,7 +58,7 @@ def test_trainer_step(benchmark, bench_device, impl):
     benchmark.group = f"trainer-step-{bench_device}"
     benchmark.pedantic(run, rounds=5 if bench_device == "cpu" else 20, warmup_rounds=1)
     mib = peak_mib(bench_device, fn=run, target="bench_trainer:make_step", impl=impl,
-                   device=bench_device, width=width, batch=batch, size=size)
+                   where=bench_device, width=width, batch=batch, size=size)
     benchmark.extra_info.update(
         op="trainer_step", impl=impl, device=bench_device,
         case=f"resnet18 width {width}, batch {batch}, {size}px",

@@ -13,7 +13,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed package (pip install .); else the source tree this script sits in,
+    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, load_sources, normalize  # noqa: E402

@@ -11,7 +11,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed package (pip install .); else the source tree this script sits in,
+    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, load_sources  # noqa: E402

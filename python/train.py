@@ -19,7 +19,10 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:  # the installed package (pip install .); else the source tree this script sits in,
+    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext import distributed as D  # noqa: E402
@@ -43,8 +46,8 @@ def build_parser():
     a.add_argument("--dataset", default="shapes", choices=DATASETS,
                    help="shapes = the embedded procedural data set (no files, no download)")
     a.add_argument("--data-dir", default=None, help="root for imagefolder / cifar10 / cifar100 / stl10")
-    a.add_argument("--image-size", type=int, default=32)
-    a.add_argument("--train-size", type=int, default=6000, help="shapes: training images")
+    a.add_argument("--image-size", type=int, default=24)
+    a.add_argument("--train-size", type=int, default=4000, help="shapes: training images")
     a.add_argument("--test-size", type=int, default=2000, help="shapes: held-out images")
     a.add_argument("--val-fraction", type=float, default=0.1,
                    help="imagefolder without train/ and val/: held-out fraction")
@@ -56,17 +59,19 @@ def build_parser():
     m.add_argument("--head", default="nonlinear", help=f"projection head, one of {HEADS}")
     m.add_argument("--proj-dim", type=int, default=128)
     o = p.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int, default=15)
-    o.add_argument("--batch-size", type=int, default=256, help="global batch (all ranks together)")
-    o.add_argument("--base-lr", type=float, default=0.3, help="lr = base_lr x B/256 (or x sqrt(B))")
-    o.add_argument("--lr-scaling", default="linear", choices=["linear", "sqrt"])
+    o.add_argument("--epochs", type=int, default=25)
+    o.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks together)")
+    o.add_argument("--base-lr", type=float, default=0.075,
+                   help="peak lr = base_lr x sqrt(B) (or x B/256 with --lr-scaling linear)")
+    o.add_argument("--lr-scaling", default="sqrt", choices=["linear", "sqrt"],
+                   help="sqrt: the paper's choice for small batches / short runs; linear: its ImageNet one")
     o.add_argument("--warmup-epochs", type=float, default=None,
                    help="default: 10, or 10%% of --epochs when under 100")
     o.add_argument("--weight-decay", type=float, default=1e-6)
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--lars-eta", type=float, default=0.001)
-    o.add_argument("--temperature", type=float, default=0.5)
-    o.add_argument("--color-strength", type=float, default=0.5)
+    o.add_argument("--temperature", type=float, default=0.2)
+    o.add_argument("--color-strength", type=float, default=1.0)
     o.add_argument("--blur-p", type=float, default=0.5)
     o.add_argument("--impl", default="fused", choices=IMPLS,
                    help="fused simclr_ext ops, or their plain-PyTorch references")
