@@ -28,6 +28,8 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
     from simclr_ext.recipe import build_ops, simclr_step
 
     torch.manual_seed(0)
+    if where == "cpu":
+        torch.set_num_threads(1)  # as python/train.py's default --threads 1
     dev = torch.device(where)
     loss_cls, lars_cls, color_cls = build_ops(impl)
     model = SimCLRModel("resnet18", size, "nonlinear", width=width).to(dev)

@@ -59,7 +59,7 @@ def build_parser():
     m.add_argument("--head", default="nonlinear", help=f"projection head, one of {HEADS}")
     m.add_argument("--proj-dim", type=int, default=128)
     o = p.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int, default=25)
+    o.add_argument("--epochs", type=int, default=30)
     o.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks together)")
     o.add_argument("--base-lr", type=float, default=0.075,
                    help="peak lr = base_lr x sqrt(B) (or x B/256 with --lr-scaling linear)")
@@ -79,6 +79,10 @@ def build_parser():
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
+    r.add_argument("--threads", type=int, default=1,
+                   help="CPU intra-op threads; 1 is fastest for the default small model (per-op "
+                        "thread sync costs more than it gains) and robust on a shared machine; "
+                        "0 = torch's default")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--run-dir", default=None, help="default: runs/<date-time>")
     r.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT",
@@ -110,6 +114,8 @@ def validate(p, args):
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.weight_decay < 0 or args.color_strength < 0 or not 0 <= args.blur_p <= 1:
         p.error("--weight-decay and --color-strength must be >= 0 and --blur-p in [0, 1]")
+    if args.threads < 0:
+        p.error(f"--threads must be >= 0, got {args.threads}")
     if args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
     if args.dataset != "shapes":
@@ -211,6 +217,9 @@ def main(argv=None):
             setattr(args, k, saved[k])
         args.run_dir = os.path.dirname(resume_ckpt["path"])
     validate(parser, args)
+    if resume_ckpt is None and args.run_dir and os.path.exists(os.path.join(args.run_dir, ckpt_lib.LAST)):
+        parser.error(f"--run-dir {args.run_dir} already holds a run; continue it with "
+                     f"--resume {args.run_dir}, or pick another --run-dir")
     try:
         return run(args, resume_ckpt)
     except (DataError, ckpt_lib.CheckpointError) as exc:
@@ -229,6 +238,8 @@ def run(args, resume_ckpt):
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     channels_last = True  # faster convolutions on CPU (oneDNN) and on tensor cores
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -358,7 +369,7 @@ def run(args, resume_ckpt):
                 sig = stop.signum
                 if args.stop_at_step is not None and global_step == args.stop_at_step:
                     sig = signal.SIGTERM
-                if D.any_rank(sig is not None):
+                if D.any_rank(sig is not None, dev):
                     interrupted = sig or signal.SIGTERM
                     break
             if bar is not None:

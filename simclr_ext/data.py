@@ -68,9 +68,9 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, num_classes: int = 
                 chunk: int = 1024) -> Tuple[Tensor, Tensor]:
     """n labeled images (uint8 [n, 3, S, S], int64 [n]), a pure function of (n, size, seed).
 
-    The class is the shape; its color, the background (a smooth field of palette colors plus a
-    gradient), position, scale, rotation, a clutter blob and pixel noise are nuisances drawn per
-    image.
+    The class is the shape; its color and the background's (palette colors + jitter), position,
+    scale, rotation, a background gradient, a clutter blob and pixel noise are nuisances drawn
+    per image.
     """
     if not 1 <= num_classes <= len(SHAPE_NAMES):
         raise DataError(f"shapes has at most {len(SHAPE_NAMES)} classes, got {num_classes}")
@@ -85,7 +85,7 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, num_classes: int = 
         lab = labels[lo:lo + chunk]
         b = lab.numel()
         rnd = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-        scale = 0.55 + 0.3 * rnd(b)                      # shape half-size, in half-image units
+        scale = 0.45 + 0.35 * rnd(b)                     # shape half-size, in half-image units
         cx = (rnd(b) * 2 - 1) * (1 - scale) * 0.9         # keep most of the shape inside
         cy = (rnd(b) * 2 - 1) * (1 - scale) * 0.9
         theta = (rnd(b) * 2 - 1) * math.radians(30)
@@ -117,12 +117,11 @@ def make_shapes(n: int, image_size: int = 32, seed: int = 0, num_classes: int = 
             idx = (lab == k).nonzero().flatten()
             if idx.numel():
                 mask[idx] = _shape_mask(k, u[idx], v[idx])
-        # background: a smooth field of palette colors (a 3 x 3 grid, bilinearly upsampled), so
-        # two crops of one image see different background colors: no shortcut through them
-        cells = pal[torch.randint(0, pal.shape[0], (b, 3, 3), generator=g)].permute(0, 3, 1, 2)
-        field = F.interpolate(cells, size=(ss, ss), mode="bilinear", align_corners=True)
         ramp = (torch.cos(grad_dir)[:, None, None] * gx + torch.sin(grad_dir)[:, None, None] * gy)
-        img = 0.5 * field + 0.5 * bg[:, :, None, None] + (grad_amp[:, None, None] * ramp)[:, None]
+        img = bg[:, :, None, None] + (grad_amp[:, None, None] * ramp)[:, None]
+        blob = ((gx[None] - blob_c[:, 0, None, None]) ** 2 + (gy[None] - blob_c[:, 1, None, None]) ** 2
+                < blob_r[:, None, None] ** 2)
+        img = torch.where(blob[:, None], blob_col[:, :, None, None], img)
         img = torch.where(mask[:, None], fg[:, :, None, None].expand_as(img), img)
         img = F.avg_pool2d(img, 2)
         img = img + 0.04 * torch.randn(img.shape, generator=g)

@@ -3,6 +3,7 @@ batch norm (nn.SyncBatchNorm on GPU; an all-reduce twin on CPU, where nn.SyncBat
 run), and small collective helpers that are no-ops in a single process."""
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +82,12 @@ def all_gather_object(obj):
     return out
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when flag is True on at least one (e.g. a SIGTERM seen by one rank)."""
+def any_rank(flag: bool, device=None) -> bool:
+    """True on every rank when flag is True on at least one (e.g. a SIGTERM seen by one rank).
+    device: where the collective's tensor lives (NCCL needs the rank's GPU)."""
     if world_size() == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
@@ -117,7 +119,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         # one all-reduce for all three statistics; its backward all-reduces their gradients,
         # which is what makes the gradient that of batch norm over the global batch
         stats = torch.cat([count, xf.sum(dims), (xf * xf).sum(dims)])
-        stats = dF.all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        with warnings.catch_warnings():  # deprecated for _functional_collectives, but stable
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = dF.all_reduce(stats, group=self.process_group or dist.group.WORLD)
         c = stats[:1]
         n = count.shape[0]
         mean = stats[n:n + self.num_features] / c

@@ -177,6 +177,9 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "does not match" in err and "--width 8" in err and "checkpoint: 4" in err
+    with pytest.raises(SystemExit):  # a fresh run may not overwrite a run directory
+        train.main(TINY + ["--epochs", "1", "--run-dir", str(run)])
+    assert "already holds a run" in capsys.readouterr().err
     ck = ckpt_lib.load(str(run))
     model = SimCLRModel("resnet18", 16, "nonlinear", width=8)
     with pytest.raises(ckpt_lib.CheckpointError, match="does not fit this model"):
@@ -198,6 +201,7 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys):
     (["--head", "mlp3"], "unknown projection head"),
     (["--temperature", "0"], "--temperature must be > 0"),
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
+    (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
