@@ -1,6 +1,7 @@
 """Fine-tune a SimCLR checkpoint on a labeled fraction of the training split (the paper's
-semi-supervised setting, 1% or 10% of the labels, class-balanced): encoder + a new linear layer
-trained together with random crops and flips, then top-1 / top-5 on the held-out split.
+semi-supervised setting, 1% or 10% of the labels, class-balanced): encoder + a new zero-initialized
+linear layer trained together (momentum SGD, random crops and flips), then top-1 / top-5 on the
+held-out split.
 
     python python/finetune.py runs/20260101-120000 --label-fraction 0.1
     python python/finetune.py runs/x --label-fraction 0.01 --compare-scratch   # also from random init
@@ -22,7 +23,6 @@ from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, load_sources, normalize  # noqa: E402
 from simclr_ext.evaluate import topk_accuracy  # noqa: E402
 from simclr_ext.models import build_model  # noqa: E402
-from simclr_ext.recipe import build_ops  # noqa: E402
 
 
 def labeled_subset(labels: torch.Tensor, fraction: float, seed: int):
@@ -49,11 +49,13 @@ class Subset(torch.utils.data.Dataset):
 
 
 def finetune(encoder, feat_dim, train_src, test_src, image_size, dev, epochs, batch_size, lr, seed):
-    head = torch.nn.Linear(feat_dim, train_src.num_classes).to(dev)
+    head = torch.nn.Linear(feat_dim, train_src.num_classes)
+    torch.nn.init.zeros_(head.weight)  # zero-initialized logits layer, as SimCLR's fine-tuning
+    torch.nn.init.zeros_(head.bias)
     net = torch.nn.Sequential(encoder, head).to(dev)
-    _, lars_cls, _ = build_ops("fused")
-    # the paper fine-tunes with LARS, lr 0.05 x B/256, no weight decay, crops + flips only
-    opt = lars_cls(lars_cls.exclude_bias_and_norm(net, 0.0), lr=lr * batch_size / 256, momentum=0.9)
+    # SimCLR's fine-tuning recipe: momentum SGD (Nesterov), no weight decay, no warm-up,
+    # crops + flips only
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True)
     views = TwoViews(train_src, image_size, seed=seed)
     bs = min(batch_size, len(train_src))
     steps = epochs * max(1, len(train_src) // bs)
@@ -85,13 +87,16 @@ def main(argv=None):
     p.add_argument("--label-fraction", type=float, default=0.1, help="e.g. 0.01 or 0.1")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05, help="base lr, x B/256")
+    p.add_argument("--lr", type=float, default=0.01, help="momentum SGD learning rate (cosine decay)")
     p.add_argument("--dataset", default=None, choices=DATASETS)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compare-scratch", action="store_true", help="also train from random init")
+    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if not 0 < args.label_fraction <= 1:
         p.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
     if args.epochs < 1 or args.batch_size < 1:

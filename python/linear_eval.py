@@ -30,8 +30,11 @@ def main(argv=None):
     p.add_argument("--eval-epochs", type=int, default=100)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--random-baseline", action="store_true", help="also evaluate a random-init encoder")
+    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.eval_epochs < 1:
         p.error(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
