@@ -1,0 +1,137 @@
+"""Fine-tune a SimCLR checkpoint on a labeled fraction of the training split (the paper's
+semi-supervised setting, 1% or 10% of the labels, class-balanced): encoder + a new zero-initialized
+linear layer trained together (momentum SGD, random crops and flips), then top-1 / top-5 on the
+held-out split.
+
+    python python/finetune.py runs/20260101-120000 --label-fraction 0.1
+    python python/finetune.py runs/x --label-fraction 0.01 --compare-scratch   # also from random init
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+try:  # the installed package (pip install .); else the source tree this script sits in,
+    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
+from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, load_sources, normalize  # noqa: E402
+from simclr_ext.evaluate import topk_accuracy  # noqa: E402
+from simclr_ext.models import build_model  # noqa: E402
+
+
+def labeled_subset(labels: torch.Tensor, fraction: float, seed: int):
+    """A class-balanced, seeded subset: round(fraction x class size) (at least 1) per class."""
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        k = max(1, int(round(fraction * idx.numel())))
+        keep.append(idx[torch.randperm(idx.numel(), generator=g)[:k]])
+    return torch.cat(keep).sort().values
+
+
+class Subset(torch.utils.data.Dataset):
+    def __init__(self, source, idx):
+        self.source, self.idx = source, idx.tolist()
+        self.num_classes = source.num_classes
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.source[self.idx[i]]
+
+
+def finetune(encoder, feat_dim, train_src, test_src, image_size, dev, epochs, batch_size, lr, seed):
+    head = torch.nn.Linear(feat_dim, train_src.num_classes)
+    torch.nn.init.zeros_(head.weight)  # zero-initialized logits layer, as SimCLR's fine-tuning
+    torch.nn.init.zeros_(head.bias)
+    net = torch.nn.Sequential(encoder, head).to(dev)
+    # SimCLR's fine-tuning recipe: momentum SGD (Nesterov), no weight decay, no warm-up,
+    # crops + flips only
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    views = TwoViews(train_src, image_size, seed=seed)
+    bs = min(batch_size, len(train_src))
+    steps = epochs * max(1, len(train_src) // bs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for epoch in range(epochs):
+        views.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(views, batch_size=bs, shuffle=True, drop_last=True, generator=g)
+        for pair, y in loader:
+            x = normalize(pair[:, 0].to(dev))  # one crop+flip view per image
+            loss = F.cross_entropy(net(x), y.to(dev))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(EvalView(test_src, image_size), batch_size=512):
+            logits.append(net(normalize(x.to(dev))).float().cpu())
+            labels.append(y)
+    return topk_accuracy(torch.cat(logits), torch.cat(labels))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("--label-fraction", type=float, default=0.1, help="e.g. 0.01 or 0.1")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.01, help="momentum SGD learning rate (cosine decay)")
+    p.add_argument("--dataset", default=None, choices=DATASETS)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compare-scratch", action="store_true", help="also train from random init")
+    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if not 0 < args.label_fraction <= 1:
+        p.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch-size must be >= 1")
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+    try:
+        ck = ckpt_lib.load(args.checkpoint)
+        cfg = dict(ck["config"])
+        if args.dataset is not None:
+            cfg["dataset"], cfg["data_dir"] = args.dataset, args.data_dir
+        model = build_model(cfg)
+        ckpt_lib.load_model_state(model, ck["model"], ck["path"])
+        _, train_src, test_src = load_sources(cfg["dataset"], cfg["data_dir"], cfg["image_size"],
+                                              cfg["seed"], cfg["train_size"], cfg["test_size"])
+    except (ckpt_lib.CheckpointError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sub = Subset(train_src, labeled_subset(train_src.labels, args.label_fraction, args.seed))
+    torch.manual_seed(args.seed)
+    res = {"SimCLR fine-tuned": finetune(model.encoder, model.encoder.feature_dim, sub, test_src,
+                                         cfg["image_size"], dev, args.epochs, args.batch_size, args.lr, args.seed)}
+    if args.compare_scratch:
+        torch.manual_seed(args.seed + 12345)
+        rnd = build_model(cfg)
+        res["random init, supervised"] = finetune(rnd.encoder, rnd.encoder.feature_dim, sub, test_src,
+                                                  cfg["image_size"], dev, args.epochs, args.batch_size,
+                                                  args.lr, args.seed)
+    print(f"fine-tuning on {len(sub)} labeled images ({100 * args.label_fraction:g}% of {cfg['dataset']} train):")
+    print("| model | top-1 % | top-5 % |\n| --- | --- | --- |")
+    for k, r in res.items():
+        print(f"| {k} | {r['top1']:.1f} | {r['top5']:.1f} |")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The linear evaluation protocol: frozen encoder, features h of un-augmented images, a linear
+classifier trained on the train split, top-1 / top-5 on the held-out split."""
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import EvalView, normalize
+
+
+@torch.no_grad()
+def extract_features(encoder, source, image_size: int, device, batch_size: int = 512,
+                     num_workers: int = 0, channels_last: bool = False):
+    """-> (features float32 [N, F] on CPU, labels int64 [N]) with the encoder in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    loader = DataLoader(EvalView(source, image_size), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    feats, labels = [], []
+    for x, y in loader:
+        x = normalize(x.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16,
+                            enabled=x.device.type == "cuda"):
+            h = encoder(x)
+        feats.append(h.float().cpu())
+        labels.append(torch.as_tensor(y))
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def topk_accuracy(logits, labels, ks=(1, 5)):
+    out = {}
+    for k in ks:
+        k_eff = min(k, logits.shape[1])
+        hit = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(1)
+        out[f"top{k}"] = 100.0 * hit.float().mean().item()
+    return out
+
+
+def train_linear(train_x, train_y, test_x, test_y, num_classes: int, epochs: int = 100,
+                 lr: float = 0.01, weight_decay: float = 1e-4, batch_size: int = 256, seed: int = 0):
+    """Multinomial logistic regression on standardized features (mean/std of the train split),
+    Adam with cosine decay; returns {'top1', 'top5', 'train_top1'} in percent."""
+    g = torch.Generator().manual_seed(seed)
+    mu, sd = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
+    xtr, xte = (train_x - mu) / sd, (test_x - mu) / sd
+    w = torch.zeros(train_x.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    n = xtr.shape[0]
+    steps = epochs * max(1, n // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(max(1, n // batch_size)):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            loss = F.cross_entropy(xtr[idx] @ w + b, train_y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        res = topk_accuracy(xte @ w + b, test_y)
+        res["train_top1"] = topk_accuracy(xtr @ w + b, train_y, ks=(1,))["top1"]
+    return res
+
+
+def linear_eval(encoder, train_source, test_source, image_size: int, device, num_classes: int,
+                epochs: int = 100, batch_size: int = 512, seed: int = 0, channels_last=False):
+    ftr, ytr = extract_features(encoder, train_source, image_size, device, batch_size,
+                                channels_last=channels_last)
+    fte, yte = extract_features(encoder, test_source, image_size, device, batch_size,
+                                channels_last=channels_last)
+    return train_linear(ftr, ytr, fte, yte, num_classes, epochs=epochs, seed=seed)

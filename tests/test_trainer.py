@@ -1,0 +1,248 @@
+"""The SimCLR trainer: DDP equivalence (global BN + gathered negatives + gradient averaging),
+exact resume, atomic checkpoints, clear errors, and the main command end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import simclr_ext
+from simclr_ext import checkpoint as ckpt_lib
+from simclr_ext.distributed import convert_global_batchnorm
+from simclr_ext.models import SimCLRModel
+from simclr_ext.recipe import simclr_step
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+import train  # noqa: E402
+
+TINY = ["--train-size", "96", "--test-size", "40", "--batch-size", "32", "--width", "4",
+        "--image-size", "16", "--eval-epochs", "3", "--no-progress", "--log-every", "1"]
+N_PER_RANK, STEPS, SIZE = 6, 2, 16
+
+
+def _fixed_views(world, steps=STEPS):
+    """Pre-augmented global batch: view 1 and view 2 of world * N_PER_RANK images, per step."""
+    g = torch.Generator().manual_seed(1234)
+    n = world * N_PER_RANK
+    return [(torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randn(n, 3, SIZE, SIZE, generator=g))
+            for _ in range(steps)]
+
+
+def _make(distributed):
+    torch.manual_seed(0)
+    model = SimCLRModel("resnet18", SIZE, "nonlinear", width=4, proj_dim=16)
+    if distributed:
+        model = convert_global_batchnorm(model, torch.device("cpu"))
+    core = model
+    crit = simclr_ext.NTXentLoss(temperature=0.2, gather_distributed=distributed)
+    # a large lr and no adaptation on 1-d params: a wrong gradient shows up plainly in the weights
+    opt = simclr_ext.LARS(simclr_ext.LARS.exclude_bias_and_norm(core, 1e-4), lr=0.1, momentum=0.9,
+                          weight_decay=1e-4)
+    return core, crit, opt
+
+
+def _ddp_rank(rank, world, steps=STEPS):
+    core, crit, opt = _make(True)
+    model = torch.nn.parallel.DistributedDataParallel(core, broadcast_buffers=False)
+    losses = []
+    for v1, v2 in _fixed_views(world, steps):
+        sl = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)  # different data on every rank
+        losses.append(simclr_step(model, crit, opt, torch.cat([v1[sl], v2[sl]])).item())
+    return {"state": {k: v.clone() for k, v in core.state_dict().items()}, "losses": losses}
+
+
+def test_ddp_step_equals_single_process_on_concatenated_batch(distributed):
+    """2 gloo ranks with different data == 1 process on the concatenated batch (global BN,
+    gathered negatives and gradient averaging together), and the ranks stay identical."""
+    world = 2
+    ranks = distributed(_ddp_rank, world)
+    for k, v in ranks[0]["state"].items():
+        assert torch.equal(v, ranks[1]["state"][k]), f"{k} differs between ranks"
+    core, crit, opt = _make(False)
+    initial = {k: v.clone() for k, v in core.state_dict().items()}
+    losses = [simclr_step(core, crit, opt, torch.cat([v1, v2])).item() for v1, v2 in _fixed_views(world)]
+    # the global loss is reported on every rank
+    for r in ranks:
+        assert r["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    moved = 0
+    for k, ref in core.state_dict().items():
+        got = ranks[0]["state"][k]
+        if ref.is_floating_point():
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=2e-5, msg=f"{k} differs from 1 process")
+            moved += int(not torch.equal(ref, initial[k]))
+        else:
+            assert torch.equal(got, ref), k
+    assert moved > 10  # the steps really changed the weights and BN statistics
+
+
+def _state(run_dir):
+    return ckpt_lib.load(str(run_dir))
+
+
+def test_resume_mid_epoch_is_exact(tmp_path):
+    common = TINY + ["--epochs", "2", "--no-eval"]
+    assert train.main(common + ["--run-dir", str(tmp_path / "straight")]) == 0
+    # SIGTERM path after step 4 of 6 (mid second epoch): checkpoint, exit 143, then resume
+    rc = train.main(common + ["--run-dir", str(tmp_path / "cut"), "--stop-at-step", "4"])
+    assert rc == 128 + 15
+    cut = _state(tmp_path / "cut")
+    assert (cut["epoch"], cut["step_in_epoch"], cut["global_step"]) == (1, 1, 4)
+    assert train.main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "cut")
+    assert b["global_step"] == a["global_step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"{k} differs after resume"
+    for (ka, sa), (kb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert torch.equal(a["rng"][0]["augment"], b["rng"][0]["augment"])
+
+
+def test_resume_after_real_sigterm_is_exact(tmp_path):
+    """A real SIGTERM at whatever step it lands, then --resume: same weights as straight through."""
+    import signal
+    import time
+
+    # 20 epochs x 3 steps: the signal, sent after step 2, lands well before the end
+    common = TINY + ["--epochs", "20", "--no-eval"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(ROOT / "python" / "train.py")]
+    subprocess.run(cmd + common + ["--run-dir", str(tmp_path / "a")], check=True, env=env,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen(cmd + common + ["--run-dir", str(tmp_path / "b")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 143 and "interrupted (SIGTERM)" in out, out
+    assert ckpt_lib.load(str(tmp_path / "b"))["global_step"] < 60
+    subprocess.run(cmd + ["--resume", str(tmp_path / "b"), "--no-progress"], check=True, env=env,
+                   capture_output=True, timeout=300)
+    a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"{k} differs after SIGTERM + resume"
+
+
+def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / ckpt_lib.LAST)
+    good = {"format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "w": torch.arange(10.0)}
+    ckpt_lib.save_atomic(good, path)
+
+    def dying_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip")  # some bytes hit the disk, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_lib.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_lib.save_atomic({"format": ckpt_lib.FORMAT, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(ckpt_lib.load(path)["w"], torch.arange(10.0))
+    assert os.listdir(tmp_path) == [ckpt_lib.LAST]  # no temporary file left behind
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"garbage\.pt is unreadable"):
+        ckpt_lib.load(str(bad))
+    real = tmp_path / "real.pt"
+    ckpt_lib.save_atomic({"format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION,
+                          "w": torch.randn(1000)}, str(real))
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(real.read_bytes()[:2000])
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"trunc\.pt is unreadable"):
+        ckpt_lib.load(str(trunc))
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ckpt_lib.CheckpointError, match="not a simclr_ext checkpoint"):
+        ckpt_lib.load(str(other))
+    with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint at"):
+        ckpt_lib.load(str(tmp_path / "missing"))
+
+
+def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", str(run), "--width", "8"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not match" in err and "--width 8" in err and "checkpoint: 4" in err
+    with pytest.raises(SystemExit):  # a fresh run may not overwrite a run directory
+        train.main(TINY + ["--epochs", "1", "--run-dir", str(run)])
+    assert "already holds a run" in capsys.readouterr().err
+    ck = ckpt_lib.load(str(run))
+    model = SimCLRModel("resnet18", 16, "nonlinear", width=8)
+    with pytest.raises(ckpt_lib.CheckpointError, match="does not fit this model"):
+        ckpt_lib.load_model_state(model, ck["model"], ck["path"])
+    import linear_eval
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / ckpt_lib.LAST).write_bytes(b"junk")
+    assert linear_eval.main([str(bad)]) == 2
+    assert "unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be >= 2"),
+    (["--arch", "resnet999"], "unknown architecture 'resnet999'"),
+    (["--dataset", "imagefolder", "--data-dir", "/nonexistent/imagenet"], "/nonexistent/imagenet"),
+    (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
+    (["--head", "mlp3"], "unknown projection head"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
+    (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
+])
+def test_bad_flags_give_clear_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(flags)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_malformed_data_dirs_give_clear_errors(tmp_path, capsys):
+    empty = tmp_path / "empty_imagenet"
+    empty.mkdir()
+    assert train.main(["--dataset", "imagefolder", "--data-dir", str(empty), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(empty) in err and "no class sub-directories" in err
+    assert train.main(["--dataset", "cifar10", "--data-dir", str(empty), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read cifar10 from data directory {empty}" in err
+
+
+def test_main_command_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "python" / "train.py"), *TINY, "--epochs", "1", "--run-dir", str(run)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "| SimCLR |" in out.stdout and "| random init |" in out.stdout
+    for f in ("config.json", "metrics.jsonl", "metrics.png", "results.json", ckpt_lib.LAST):
+        assert (run / f).is_file(), f
+    assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    assert len(train_recs) == 3 and {"loss", "lr", "images_per_s"} <= set(train_recs[0])
+    evals = {r["encoder"]: r for r in recs if r["kind"] == "eval"}
+    assert set(evals) == {"SimCLR", "random init"}
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in evals.values())
+    assert json.loads((run / "config.json").read_text())["arch"] == "resnet18"
+    # the two companion scripts read the same run directory
+    le = subprocess.run([sys.executable, str(ROOT / "python" / "linear_eval.py"), str(run),
+                         "--eval-epochs", "3"], capture_output=True, text=True, timeout=300)
+    assert le.returncode == 0 and "| SimCLR |" in le.stdout, le.stderr
+    ft = subprocess.run([sys.executable, str(ROOT / "python" / "finetune.py"), str(run),
+                         "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "16"],
+                        capture_output=True, text=True, timeout=300)
+    assert ft.returncode == 0 and "SimCLR fine-tuned" in ft.stdout, ft.stderr

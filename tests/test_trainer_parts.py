@@ -1,0 +1,90 @@
+"""The trainer's library parts: embedded data set, views, sampler, models, schedule, blur."""
+import math
+
+import pytest
+import torch
+
+from simclr_ext.data import (DataError, ResumableSampler, TensorSource, TwoViews, gaussian_blur,
+                             load_sources, make_shapes)
+from simclr_ext.models import SimCLRModel
+from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
+
+
+def test_shapes_is_deterministic_and_splits_differ():
+    a, la = make_shapes(64, 16, seed=3)
+    b, lb = make_shapes(64, 16, seed=3)
+    c, _ = make_shapes(64, 16, seed=4)
+    assert a.dtype == torch.uint8 and a.shape == (64, 3, 16, 16)
+    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+    assert la.bincount(minlength=10).min() >= 6  # balanced classes
+    _, tr, te = load_sources("shapes", image_size=16, train_size=50, test_size=30)
+    assert len(tr) == 50 and len(te) == 30 and not torch.equal(tr.images[:30], te.images)
+
+
+def test_views_depend_only_on_seed_epoch_index():
+    src = TensorSource(*make_shapes(8, 16, seed=0), 10)
+    v = TwoViews(src, 16, seed=1)
+    x1, y1 = v[5]
+    x2, _ = v[5]
+    assert x1.shape == (2, 3, 16, 16) and x1.dtype == torch.uint8 and y1 == int(src.labels[5])
+    assert torch.equal(x1, x2) and not torch.equal(x1[0], x1[1])
+    v.set_epoch(1)
+    assert not torch.equal(v[5][0], x1)
+
+
+def test_sampler_partitions_and_resumes():
+    full = [ResumableSampler(10, r, 3, seed=0) for r in range(3)]
+    for s in full:
+        s.set_epoch(2)
+    idx = [s.indices() for s in full]
+    assert all(len(i) == 4 for i in idx) and set(sum(idx, [])) == set(range(10))
+    full[1].set_epoch(2, start=3)
+    assert list(full[1]) == idx[1][3:]
+
+
+def test_imagefolder_auto_split_and_errors(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            Image.new("RGB", (20, 24), (i * 40, 10, 200)).save(tmp_path / c / f"{i}.png")
+    pre, tr, te = load_sources("imagefolder", str(tmp_path), image_size=16, val_fraction=0.2)
+    assert len(tr) == 8 and len(te) == 2 and tr.num_classes == 2
+    img, lab = te[0]
+    assert img.dtype == torch.uint8 and img.shape == (3, 24, 20)
+    assert TwoViews(pre, 16)[0][0].shape == (2, 3, 16, 16)
+    with pytest.raises(DataError, match="does not exist"):
+        load_sources("imagefolder", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_sources("mnist", str(tmp_path))
+
+
+@pytest.mark.parametrize("arch, head, feat", [("resnet18", "nonlinear", 64), ("resnet50", "linear", 256),
+                                               ("resnet34", "none", 64)])
+def test_model_shapes(arch, head, feat):
+    m = SimCLRModel(arch, 16, head, width=8, proj_dim=12)
+    h, z = m(torch.randn(4, 3, 16, 16))
+    assert h.shape == (4, feat) and z.shape == (4, feat if head == "none" else 12)
+    assert isinstance(m.encoder.maxpool, torch.nn.Identity)  # CIFAR stem at 16 px
+    assert not isinstance(SimCLRModel(arch, 96, head, width=8).encoder.maxpool, torch.nn.Identity)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        SimCLRModel("vgg", 16)
+
+
+def test_schedule_warmup_then_cosine():
+    s = WarmupCosine(peak_lr=1.0, total_steps=100, warmup_steps=10)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(55) == pytest.approx(0.5) and s(99) < 0.01
+    assert scaled_lr(0.3, 4096) == pytest.approx(4.8) and scaled_lr(0.075, 256, "sqrt") == pytest.approx(1.2)
+    assert default_warmup_epochs(100) == 10 and default_warmup_epochs(20) == pytest.approx(2)
+
+
+def test_gaussian_blur_per_image_sigma():
+    x = torch.rand(3, 3, 12, 12)
+    y = gaussian_blur(x, torch.tensor([0.1, 1.0, 2.0]), 5)
+    assert torch.allclose(y[0], x[0], atol=1e-6)  # sigma 0.1: the kernel is a delta
+    assert y[2].std() < y[1].std() < x[1].std()
+    assert torch.allclose(y.mean((2, 3)), x.mean((2, 3)), atol=0.05)
+    assert math.isclose(gaussian_blur(torch.ones(1, 3, 8, 8), torch.tensor([1.5]), 3).mean().item(), 1.0,
+                        rel_tol=1e-6)
