@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import peak_mib, sync  # noqa: E402
+from harness import peak_mib, sync  # noqa: E402  (puts an in-place build first on sys.path)
 
 # (width, global batch, image side) per device: the CPU case is the main job's model
 CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}
@@ -49,6 +49,14 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_trainer_step(benchmark, bench_device, impl):
+    threads = torch.get_num_threads()  # make_step sets 1 on the CPU; other suites keep theirs
+    try:
+        _trainer_step(benchmark, bench_device, impl)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trainer_step(benchmark, bench_device, impl):
     width, batch, size = CASES[bench_device]
     step = make_step(impl, bench_device, width, batch, size)
     step()  # warm-up: allocator, thread pools, cuDNN autotuning
