@@ -217,6 +217,13 @@ class LARS(torch.optim.Optimizer):
                         nesterov=nesterov, lars_adaptation=lars_adaptation)
         super().__init__(params, defaults)
 
+    @staticmethod
+    def exclude_bias_and_norm(model_or_named_params, weight_decay: float):
+        """SimCLR's groups, the same helper as simclr_ext.LARS.exclude_bias_and_norm."""
+        from .optim import simclr_param_groups
+
+        return simclr_param_groups(model_or_named_params, weight_decay)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
