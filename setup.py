@@ -149,6 +149,6 @@ setup(
     ext_modules=[make_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "torchvision", "numpy"],
+    install_requires=["torch>=2.11", "torchvision", "numpy"],  # built and tested: 2.14.1 (CI)
     zip_safe=False,
 )

@@ -111,7 +111,8 @@ def main(argv=None):
         model = build_model(cfg)
         ckpt_lib.load_model_state(model, ck["model"], ck["path"])
         _, train_src, test_src = load_sources(cfg["dataset"], cfg["data_dir"], cfg["image_size"],
-                                              cfg["seed"], cfg["train_size"], cfg["test_size"])
+                                              cfg["seed"], cfg["train_size"], cfg["test_size"],
+                                              cfg.get("val_fraction", 0.1))
     except (ckpt_lib.CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,13 +35,15 @@ from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr  
 # Flags that define the model and the data stream: a resumed run takes them from its checkpoint.
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
             "test_size", "batch_size", "epochs", "base_lr", "lr_scaling", "warmup_epochs",
-            "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum")
+            "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum",
+            "val_fraction")
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         description="SimCLR pretraining + linear evaluation (simclr_ext).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False)  # a resumed run compares the flags given; no silent abbreviations
     a = p.add_argument_group("data")
     a.add_argument("--dataset", default="shapes", choices=DATASETS,
                    help="shapes = the embedded procedural data set (no files, no download)")
@@ -386,6 +388,14 @@ def run(args, resume_ckpt):
             torch.distributed.destroy_process_group()
         return 128 + int(interrupted)
     say(f"pretraining done in {time.time() - t0:.0f} s")
+    # Every rank has finished pretraining. Only rank 0 evaluates, with no collective after this
+    # point: the other ranks leave now instead of waiting in a barrier that a long evaluation
+    # (ImageNet) would time out.
+    D.barrier()
+    if not info.is_main:
+        if info.created_group:
+            torch.distributed.destroy_process_group()
+        return 0
 
     results = {}
     if not args.no_eval and info.is_main:
@@ -411,7 +421,6 @@ def run(args, resume_ckpt):
         make_plot(args.run_dir, results)
         say(f"\nrun directory: {args.run_dir} (config.json, metrics.jsonl, metrics.png, "
             f"{ckpt_lib.LAST}); total {time.time() - t0:.0f} s")
-    D.barrier()
     if info.created_group:
         torch.distributed.destroy_process_group()
     return 0

@@ -4,6 +4,8 @@ A C++ extension is tied to the exact torch it was compiled with: loaded under an
 fails with undefined symbols or, worse, crashes. The torch version is therefore recorded at build
 time (simclr_ext/_build_config.py, written by setup.py) and compared before _C is loaded.
 """
+import re
+
 import torch
 
 REBUILD_HINT = (
@@ -31,8 +33,12 @@ except ImportError as exc:
         f"{REBUILD_HINT}"
     ) from exc
 
+# _C knows the (major, minor, patch) it was compiled against; pre-release tags such as
+# "2.5.0a0+872d972" or "2.9.0.dev20250101" carry the same release numbers.
 _compiled_torch = _C.build_info()["torch_version"]
-if _compiled_torch != torch.__version__.split("+")[0]:
+_match = re.match(r"(\d+)\.(\d+)\.(\d+)", torch.__version__)
+_running_release = ".".join(_match.groups()) if _match else torch.__version__
+if _compiled_torch != _running_release:
     raise ImportError(
         f"simclr_ext._C was compiled against torch {_compiled_torch}, but torch "
         f"{torch.__version__} is installed. {REBUILD_HINT}"

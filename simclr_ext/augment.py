@@ -183,7 +183,8 @@ class ColorDistortion(nn.Module):
             raise ValueError("mean and std must be given together")
 
     def sample_params(self, batch_size: int, device) -> ColorParams:
-        """The parameters the next forward on `batch_size` images on `device` would use."""
+        """Draw one batch of parameters, as forward does (this advances the generator): pass them
+        to `color_distort` to reproduce or inspect a distortion exactly."""
         return sample_color_params(batch_size, device, self.strength, self.p, self.p_gray,
                                    self.generator)
 

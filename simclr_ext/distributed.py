@@ -125,7 +125,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = stats[:1]
         n = count.shape[0]
         mean = stats[n:n + self.num_features] / c
-        var = stats[n + self.num_features:] / c - mean * mean
+        var = (stats[n + self.num_features:] / c - mean * mean).clamp_min(0)  # fp32 rounding
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1

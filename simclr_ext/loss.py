@@ -167,11 +167,13 @@ class NTXentLoss(nn.Module):
 
     `forward(z_i, z_j)` with two (N, D) views, or `forward(z)` with one (2N, D) tensor laid out
     [view 1; view 2]. See `nt_xent_loss` for the arguments. (lightly's memory bank is not
-    supported: pass the constructor arguments by keyword.)
+    supported; the arguments after temperature are keyword-only.)
     """
 
-    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False,
+    def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False,
                  reduction: str = "mean", process_group=None):
+        # Keyword-only after temperature: lightly's second positional argument is
+        # memory_bank_size, which must not silently turn into gather_distributed here.
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
             raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")

@@ -134,7 +134,7 @@ class NTXentLoss(nn.Module):
     yields the exact gradient of that global loss. Equal batch sizes on every rank are required.
     """
 
-    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False,
+    def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False,
                  reduction: str = "mean", process_group=None):
         super().__init__()
         if temperature <= 0:

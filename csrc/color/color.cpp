@@ -9,9 +9,16 @@ namespace color {
 
 namespace {
 
-// Dense NCHW or NHWC strides are what both kernels index; anything else is copied to NCHW.
+// Dense NCHW or NHWC strides are what both kernels index (image, channel and pixel strides);
+// anything else is copied to NCHW. Exact strides, not is_contiguous(): that ignores the strides
+// of size-1 dimensions, and a [B, 3, H, 1] view with stride(3) != 1 would then be read out of
+// bounds through the pixel stride.
 bool kernel_layout(const at::Tensor& t) {
-  return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  const bool batch_ok = t.size(0) <= 1 || t.stride(0) == C * H * W;
+  const bool nchw = t.stride(1) == H * W && t.stride(2) == W && t.stride(3) == 1;
+  const bool nhwc = t.stride(1) == 1 && t.stride(2) == W * C && t.stride(3) == C;
+  return batch_ok && (nchw || nhwc);
 }
 
 void check_param(const at::Tensor& t, const char* name, at::IntArrayRef shape,
@@ -62,7 +69,7 @@ at::Tensor distort(const at::Tensor& images, const at::Tensor& factors, const at
   for (float s : norm_std) TORCH_CHECK(s != 0.f, "std must be nonzero, got ", s);
   if (out.numel() == 0) return out;
 
-  const at::Tensor x = kernel_layout(images) ? images : images.contiguous();
+  const at::Tensor x = kernel_layout(images) ? images : images.clone(at::MemoryFormat::Contiguous);
   const at::Tensor f = factors.contiguous();
   const at::Tensor o = order.contiguous();
   const at::Tensor j = apply_jitter.contiguous();
