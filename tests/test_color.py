@@ -209,6 +209,21 @@ def test_channels_last(device, dtype, gen):
         ref.color_distort(wide.cpu(), *(t.cpu() for t in params)).to(device), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_size_one_width_views_with_odd_strides(device, dtype, gen):
+    # [B, 3, H, 1] views whose stride(3) is not 1 pass is_contiguous() (size-1 dims are ignored)
+    # but the kernels index pixels through stride(3): the entry must copy them first.
+    for images in (
+        random_images(5, 1, 13, dtype, device, gen).transpose(2, 3),   # [5, 3, 13, 1]
+        random_images(5, 13, 1, dtype, device, gen).as_strided((5, 3, 13, 1), (39, 13, 1, 7)),
+    ):
+        params = random_params(5, device, gen)
+        torch.testing.assert_close(
+            simclr_ext.color_distort(images, *params),
+            ref.color_distort(images.cpu(), *(t.cpu() for t in params)).to(device),
+            atol=ATOL, rtol=0)
+
+
 def test_mean_std_fusion(device, gen):
     images = random_images(24, 13, 11, torch.uint8, device, gen)
     params = random_params(24, device, gen)
