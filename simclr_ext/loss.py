@@ -53,13 +53,18 @@ def _check_inputs(z_i, z_j, temperature, reduction) -> Tuple[Tensor, float]:
                 f"{z_i.shape[0]} rows"
             )
         z = z_i
+    return z, _check_temperature_reduction(temperature, reduction)
+
+
+def _check_temperature_reduction(temperature, reduction: str) -> float:
+    """Validate the two loss options (shared by nt_xent_loss and NTXentLoss)."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
     if not temperature > 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return z, float(temperature)
+    return float(temperature)
 
 
 def _gathering(gather_distributed: bool, process_group) -> bool:
@@ -175,13 +180,7 @@ class NTXentLoss(nn.Module):
         # Keyword-only after temperature: lightly's second positional argument is
         # memory_bank_size, which must not silently turn into gather_distributed here.
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-            raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
-        if not temperature > 0 or temperature == float("inf"):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.temperature = float(temperature)
+        self.temperature = _check_temperature_reduction(temperature, reduction)
         self.gather_distributed = bool(gather_distributed)
         self.reduction = reduction
         self.process_group = process_group
