@@ -21,7 +21,7 @@ except ImportError:
 
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, load_sources, normalize  # noqa: E402
-from simclr_ext.evaluate import topk_accuracy  # noqa: E402
+from simclr_ext.evaluate import format_table, topk_accuracy  # noqa: E402
 from simclr_ext.models import build_model  # noqa: E402
 
 
@@ -127,9 +127,7 @@ def main(argv=None):
                                                   cfg["image_size"], dev, args.epochs, args.batch_size,
                                                   args.lr, args.seed)
     print(f"fine-tuning on {len(sub)} labeled images ({100 * args.label_fraction:g}% of {cfg['dataset']} train):")
-    print("| model | top-1 % | top-5 % |\n| --- | --- | --- |")
-    for k, r in res.items():
-        print(f"| {k} | {r['top1']:.1f} | {r['top5']:.1f} |")
+    print(format_table(res, "model"))
     print(json.dumps(res))
     return 0
 

@@ -18,7 +18,7 @@ except ImportError:
 
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, load_sources  # noqa: E402
-from simclr_ext.evaluate import linear_eval  # noqa: E402
+from simclr_ext.evaluate import format_table, linear_eval  # noqa: E402
 from simclr_ext.models import build_model  # noqa: E402
 
 
@@ -63,9 +63,7 @@ def main(argv=None):
                                              train_src.num_classes, epochs=args.eval_epochs, seed=args.seed)
     print(f"linear evaluation of {ck['path']} (epoch {ck['epoch']}, step {ck['global_step']}) on "
           f"{cfg['dataset']}:")
-    print("| encoder | top-1 % | top-5 % |\n| --- | --- | --- |")
-    for k, r in results.items():
-        print(f"| {k} | {r['top1']:.1f} | {r['top5']:.1f} |")
+    print(format_table(results))
     print(json.dumps(results))
     return 0
 

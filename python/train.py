@@ -27,7 +27,7 @@ except ImportError:
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext import distributed as D  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources  # noqa: E402
-from simclr_ext.evaluate import linear_eval  # noqa: E402
+from simclr_ext.evaluate import format_table, linear_eval  # noqa: E402
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel  # noqa: E402
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step  # noqa: E402
 from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr  # noqa: E402
@@ -189,13 +189,6 @@ def make_plot(run_dir, results=None):
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=100)
     plt.close(fig)
-
-
-def format_table(results):
-    lines = ["| encoder | top-1 % | top-5 % | train top-1 % |", "| --- | --- | --- | --- |"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['top1']:.1f} | {r['top5']:.1f} | {r['train_top1']:.1f} |")
-    return "\n".join(lines)
 
 
 def main(argv=None):

@@ -73,3 +73,16 @@ def linear_eval(encoder, train_source, test_source, image_size: int, device, num
     fte, yte = extract_features(encoder, test_source, image_size, device, batch_size,
                                 channels_last=channels_last)
     return train_linear(ftr, ytr, fte, yte, num_classes, epochs=epochs, seed=seed)
+
+
+def format_table(results: dict, first_column: str = "encoder") -> str:
+    """Markdown table of {name: {"top1", "top5"[, "train_top1"]}} as the scripts print it."""
+    train = all("train_top1" in r for r in results.values())
+    cols = [first_column, "top-1 %", "top-5 %"] + (["train top-1 %"] if train else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for name, r in results.items():
+        cells = [name, f"{r['top1']:.1f}", f"{r['top5']:.1f}"]
+        if train:
+            cells.append(f"{r['train_top1']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
