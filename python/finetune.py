@@ -20,8 +20,8 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
-from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, load_sources, normalize  # noqa: E402
-from simclr_ext.evaluate import format_table, topk_accuracy  # noqa: E402
+from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, normalize  # noqa: E402
+from simclr_ext.evaluate import format_table, load_pretrained, topk_accuracy  # noqa: E402
 from simclr_ext.models import build_model  # noqa: E402
 
 
@@ -104,15 +104,8 @@ def main(argv=None):
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                        ("cpu" if args.device == "auto" else args.device))
     try:
-        ck = ckpt_lib.load(args.checkpoint)
-        cfg = dict(ck["config"])
-        if args.dataset is not None:
-            cfg["dataset"], cfg["data_dir"] = args.dataset, args.data_dir
-        model = build_model(cfg)
-        ckpt_lib.load_model_state(model, ck["model"], ck["path"])
-        _, train_src, test_src = load_sources(cfg["dataset"], cfg["data_dir"], cfg["image_size"],
-                                              cfg["seed"], cfg["train_size"], cfg["test_size"],
-                                              cfg.get("val_fraction", 0.1))
+        ck, cfg, model, train_src, test_src = load_pretrained(args.checkpoint, args.dataset,
+                                                              args.data_dir)
     except (ckpt_lib.CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,3 +86,28 @@ def format_table(results: dict, first_column: str = "encoder") -> str:
             cells.append(f"{r['train_top1']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def load_pretrained(checkpoint: str, dataset=None, data_dir=None):
+    """A run's checkpoint, its model and its data, for linear_eval.py and finetune.py.
+
+    Returns (ckpt, cfg, model, train_source, test_source). `dataset` / `data_dir` override the
+    run's (evaluate on other data). Raises checkpoint.CheckpointError or data.DataError with a
+    message naming the file or directory.
+    """
+    from . import checkpoint as ckpt_lib
+    from .data import load_sources
+    from .models import build_model
+
+    ck = ckpt_lib.load(checkpoint)
+    cfg = dict(ck["config"])
+    if dataset is not None:
+        cfg["dataset"], cfg["data_dir"] = dataset, data_dir
+    elif data_dir is not None:
+        cfg["data_dir"] = data_dir
+    model = build_model(cfg)
+    ckpt_lib.load_model_state(model, ck["model"], ck["path"])
+    _, train_src, test_src = load_sources(cfg["dataset"], cfg["data_dir"], cfg["image_size"],
+                                          cfg["seed"], cfg["train_size"], cfg["test_size"],
+                                          cfg.get("val_fraction", 0.1))
+    return ck, cfg, model, train_src, test_src
