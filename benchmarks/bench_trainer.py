@@ -24,7 +24,7 @@ CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}
 def make_step(impl: str, where: str, width: int, batch: int, size: int):
     """Build a trainer step on fixed uint8 views; returns the zero-argument step."""
     from simclr_ext.data import DeviceAugment
-    from simclr_ext.models import SimCLRModel
+    from simclr_ext.models import SimCLRModel, preferred_memory_format
     from simclr_ext.recipe import build_ops, simclr_step
 
     torch.manual_seed(0)
@@ -33,7 +33,8 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
     dev = torch.device(where)
     loss_cls, lars_cls, color_cls = build_ops(impl)
     model = SimCLRModel("resnet18", size, "nonlinear", width=width).to(dev)
-    model = model.to(memory_format=torch.channels_last)
+    fmt = preferred_memory_format(model, dev)  # as python/train.py decides
+    model = model.to(memory_format=fmt)
     opt = lars_cls(lars_cls.exclude_bias_and_norm(model, 1e-6), lr=0.3, momentum=0.9, weight_decay=1e-6)
     crit = loss_cls(temperature=0.5)
     augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0)).to(dev)
@@ -41,7 +42,7 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
     amp = torch.bfloat16 if where == "cuda" else None
 
     def step():
-        x = augment(views).contiguous(memory_format=torch.channels_last)
+        x = augment(views).contiguous(memory_format=fmt)
         simclr_step(model, crit, opt, x, amp_dtype=amp)
 
     return step

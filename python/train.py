@@ -28,7 +28,7 @@ from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext import distributed as D  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources  # noqa: E402
 from simclr_ext.evaluate import format_table, linear_eval  # noqa: E402
-from simclr_ext.models import ARCHS, HEADS, SimCLRModel  # noqa: E402
+from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format  # noqa: E402
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step  # noqa: E402
 from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr  # noqa: E402
 
@@ -231,7 +231,6 @@ def run(args, resume_ckpt):
     use_cuda = dev.type == "cuda"
     precision = args.precision if args.precision != "auto" else ("bf16" if use_cuda else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    channels_last = True  # faster convolutions on CPU (oneDNN) and on tensor cores
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -269,6 +268,8 @@ def run(args, resume_ckpt):
     if world > 1:
         model = D.convert_global_batchnorm(model, dev)
     model = model.to(dev)
+    # channels_last where it is fast and safe (a oneDNN crash on AVX2 CPUs: docs/known-issues.md)
+    channels_last = preferred_memory_format(model, dev) == torch.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     core = model
@@ -401,7 +402,9 @@ def run(args, resume_ckpt):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(args.seed + 12345)
                 rnd = SimCLRModel(args.arch, args.image_size, args.head, args.width, args.proj_dim)
-            rnd = rnd.to(dev).to(memory_format=torch.channels_last)
+            rnd = rnd.to(dev)
+            if channels_last:
+                rnd = rnd.to(memory_format=torch.channels_last)
             results["random init"] = linear_eval(rnd.encoder, train_src, test_src, args.image_size, dev,
                                                  train_src.num_classes, epochs=args.eval_epochs,
                                                  seed=args.seed, channels_last=channels_last)
