@@ -18,6 +18,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ntxent/ntxent.h"
@@ -52,6 +53,31 @@ struct TileRange {
 inline TileRange tile_range(int64_t tile, int64_t n) {
   const int64_t b = tile * kTile;
   return {b, std::min(kTile, n - b)};
+}
+
+inline int64_t num_tiles(int64_t n) { return (n + kTile - 1) / kTile; }
+
+// The symmetric schedule's work items: the tiles (I, J), J >= I, of the upper triangle of the
+// [R, R] similarity matrix, row by row.
+inline std::vector<std::pair<int64_t, int64_t>> upper_triangle_tiles(int64_t R) {
+  const int64_t nt = num_tiles(R);
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  pairs.reserve(nt * (nt + 1) / 2);
+  for (int64_t I = 0; I < nt; ++I)
+    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
+  return pairs;
+}
+
+// Writes `value` into the self cells of the [ri.size, rj.size] tile s of rows ri against
+// columns rj: row i is column row_offset + i. -inf before the exp excludes self from the sums
+// exactly; 0 in the coefficients excludes it from the gradient. A tile off the diagonal band
+// has no self cell (the range below is empty).
+template <typename acc_t>
+inline void mask_self(acc_t* s, TileRange ri, TileRange rj, int64_t row_offset, acc_t value) {
+  const int64_t lo = std::max(ri.begin + row_offset, rj.begin);
+  const int64_t hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
+  for (int64_t c = lo; c < hi; ++c)
+    s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = value;
 }
 
 // Runs body(chunk, next) on `chunks` threads; next() yields that chunk's items of [0, n), then -1.
@@ -214,10 +240,7 @@ at::Tensor positive_logits(const at::Tensor& rows, const at::Tensor& cols, int64
 template <typename acc_t>
 at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   const int64_t R = u.size(0);
-  const int64_t nt = (R + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t I = 0; I < nt; ++I)
-    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
+  const auto pairs = upper_triangle_tiles(R);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t P = num_chunks(npairs);
   at::Tensor sums = at::zeros({P, R}, u.options());
@@ -233,11 +256,8 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
         at::Tensor S = tile_view(buf, ri.size, rj.size);
         logits_tile(S, u.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size),
                     1.0 / temperature);
-        acc_t* e = S.data_ptr<acc_t>();
         // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp gives 0.
-        if (I == J)
-          for (int64_t i = 0; i < ri.size; ++i)
-            e[i * rj.size + i] = -std::numeric_limits<acc_t>::infinity();
+        mask_self(S.data_ptr<acc_t>(), ri, rj, 0, -std::numeric_limits<acc_t>::infinity());
         // The transposed tile s_JI: its row sums are this tile's column sums. A diagonal tile
         // is its own transpose, counted once.
         exp_shift_sums<acc_t>(S, shift, acc + ri.begin, I != J ? acc + rj.begin : nullptr);
@@ -255,7 +275,7 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
                        double temperature) {
   const double inv_tau = 1.0 / temperature;
   const int64_t R = us.size(0), C = cols.size(0);
-  const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
+  const int64_t nti = num_tiles(R), ntj = num_tiles(C);
   at::Tensor lse = at::empty({R}, us.options());
   const bool fixed = fixed_shift_ok<acc_t>(temperature);
   const acc_t shift = acc_t(1.0 / temperature);
@@ -273,16 +293,10 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
         logits_tile(S, us.narrow(0, ri.begin, ri.size), cols.narrow(0, rj.begin, rj.size),
                     inv_tau);
         acc_t* s = S.data_ptr<acc_t>();
-        // Columns of this tile that are rows of this row tile: (i, row_offset + i) is self.
-        const int64_t self_lo = std::max(ri.begin + row_offset, rj.begin);
-        const int64_t self_hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
+        mask_self(s, ri, rj, row_offset, kNegInf);
         if (fixed) {
-          for (int64_t c = self_lo; c < self_hi; ++c)
-            s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = kNegInf;
           exp_shift_sums<acc_t>(S, shift, run_sum.data(), nullptr);
         } else {
-          for (int64_t c = self_lo; c < self_hi; ++c)
-            s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = kNegInf;
           std::vector<acc_t> tile_max(ri.size);
           for (int64_t i = 0; i < ri.size; ++i) {
             acc_t* sr = s + i * rj.size;
@@ -416,10 +430,7 @@ template <typename acc_t>
 at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::Tensor& w,
                           double temperature) {
   const int64_t R = u.size(0), D = u.size(1);
-  const int64_t nt = (R + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t I = 0; I < nt; ++I)
-    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
+  const auto pairs = upper_triangle_tiles(R);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t P = num_chunks(npairs);
   if (P > 1 && P * R * D * static_cast<int64_t>(sizeof(acc_t)) > kAccumulatorBudget) return {};
@@ -456,10 +467,7 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::
                                  w.narrow(0, ri.begin, ri.size),
                                  lse.narrow(0, rj.begin, rj.size), w.narrow(0, rj.begin, rj.size));
         }
-        if (I == J) {
-          acc_t* m = S.data_ptr<acc_t>();
-          for (int64_t i = 0; i < ri.size; ++i) m[i * rj.size + i] = acc_t(0);
-        }
+        mask_self(S.data_ptr<acc_t>(), ri, rj, 0, acc_t(0));
         G.narrow(0, ri.begin, ri.size).addmm_(S, u_j);
         if (I != J) G.narrow(0, rj.begin, rj.size).addmm_(S.t(), u_i);
       }
@@ -479,7 +487,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
                         const at::Tensor& col_weight, int64_t row_offset, double temperature) {
   const int64_t R = us.size(0), C = cols.size(0), D = us.size(1);
-  const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
+  const int64_t nti = num_tiles(R), ntj = num_tiles(C);
   at::Tensor G = at::zeros({R, D}, us.options());
   parallel_items(nti, num_chunks(nti), HandOut::kDynamic, [&](int64_t, const auto& next) {
     at::Tensor buf = at::empty({kTile * kTile}, us.options());
@@ -497,11 +505,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
                                row_weight.narrow(0, ri.begin, ri.size),
                                col_lse.narrow(0, rj.begin, rj.size),
                                col_weight.narrow(0, rj.begin, rj.size));
-        acc_t* m = S.data_ptr<acc_t>();
-        const int64_t self_lo = std::max(ri.begin + row_offset, rj.begin);
-        const int64_t self_hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
-        for (int64_t c = self_lo; c < self_hi; ++c)
-          m[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = acc_t(0);
+        mask_self(S.data_ptr<acc_t>(), ri, rj, row_offset, acc_t(0));
         G_i.addmm_(S, u_j);
       }
     }
