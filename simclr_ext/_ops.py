@@ -70,7 +70,8 @@ def ntxent_forward(z: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
     row_lse_k = log sum_{l != k} exp(s_kl), row_loss_k = row_lse_k - s_{k, (k + N) mod 2N}.
     """
     u, _ = _C.ntxent_normalize(z)
-    row_loss, row_lse = _C.ntxent_forward(u, u, 0, temperature)
+    # One process: the rows are their own columns, so each similarity tile serves both sides.
+    row_loss, row_lse = _C.ntxent_forward(u, u, 0, temperature, symmetric=True)
     return row_loss, row_lse
 
 
@@ -87,11 +88,10 @@ def ntxent_backward(z: Tensor, row_lse: Tensor, grad_row_loss: Tensor,
     """grad_z [2N, D] (z's dtype) of sum_k grad_row_loss_k * row_loss_k, given the forward's
     row_lse. Exact: one pass per similarity tile gives P_km and P_mk (s is symmetric)."""
     u, norm = _C.ntxent_normalize(z)
-    # One tensor object for the row and the column vectors lets the kernel use the symmetric
-    # schedule (each similarity tile computed once for both of its sides).
     lse = row_lse.to(norm.dtype).contiguous()
     w = grad_row_loss.to(norm.dtype).contiguous()
-    return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature)
+    # One process: the rows are their own columns (and their lse and weights the columns').
+    return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature, symmetric=True)
 
 
 @ntxent_backward.register_fake

@@ -102,7 +102,8 @@ class _GatheredNTXent(torch.autograd.Function):
         sizes = [int(c) for c in counts]
         u_cols = _all_gather_rows(u, sizes, group)
         row_offset = sum(sizes[:rank])
-        row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature)
+        row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature,
+                                              symmetric=False)
         ctx.save_for_backward(u, u_cols, norm, row_lse)
         ctx.sizes, ctx.row_offset, ctx.temperature, ctx.group = sizes, row_offset, temperature, group
         return row_loss
@@ -115,7 +116,7 @@ class _GatheredNTXent(torch.autograd.Function):
         cols = _all_gather_rows(torch.stack([row_lse, w], dim=1), ctx.sizes, ctx.group)
         col_lse, col_weight = cols[:, 0].contiguous(), cols[:, 1].contiguous()
         grad = _C.ntxent_backward(u, u_cols, norm, row_lse, col_lse, w, col_weight,
-                                  ctx.row_offset, ctx.temperature)
+                                  ctx.row_offset, ctx.temperature, symmetric=False)
         return grad, None, None
 
 

@@ -4,11 +4,13 @@
 // Only [tile, tile] buffers and O(rows * D) vectors are allocated: never a [R, C] matrix.
 //
 // Two tile schedules, both exact:
-//  - symmetric (one process: u_cols is u_rows): only the tiles J >= I of the upper triangle are
-//    computed; s_IJ = s_JI^T gives the rows of I and the rows of J from one GEMM (forward: row
-//    and column sums; backward: M_IJ u_J for I and M_IJ^T u_I for J, M being symmetric);
-//  - general (gathered columns, or a temperature too small for a fixed shift): each row tile
-//    sweeps every column tile; row tiles are handed to threads as they free up.
+//  - symmetric (the single-process case, flagged by the caller: `symmetric` in ntxent.h): only
+//    the tiles J >= I of the upper triangle are computed; s_IJ = s_JI^T gives the rows of I and
+//    the rows of J from one GEMM (forward: row and column sums; backward: M_IJ u_J for I and
+//    M_IJ^T u_I for J, M being symmetric);
+//  - general (gathered columns; also the symmetric case's forward at a temperature too small for
+//    the fixed shift, and its backward when the per-thread accumulators would exceed their
+//    budget): each row tile sweeps every column tile; row tiles go to threads as they free up.
 // Results are bitwise reproducible for a given thread count.
 #include <ATen/Parallel.h>
 
@@ -331,16 +333,25 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
   return lse;
 }
 
+// Rows and columns in the accumulation dtype. Under `symmetric` (ntxent.h: the entry checked
+// that u_cols is u_rows and row_offset is 0) the columns are the rows: one conversion, one tensor.
+template <typename acc_t>
+std::pair<at::Tensor, at::Tensor> rows_cols_acc(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                                bool symmetric) {
+  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+  at::Tensor rows = u_rows.to(acc).contiguous();
+  at::Tensor cols = symmetric ? rows : u_cols.to(acc).contiguous();
+  return {rows, cols};
+}
+
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                                int64_t row_offset, double temperature) {
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const bool same = u_rows.is_same(u_cols) ||
-                    (u_rows.data_ptr() == u_cols.data_ptr() && u_rows.sizes() == u_cols.sizes());
-  const at::Tensor rows = u_rows.to(acc).contiguous();
-  const at::Tensor cols = same ? rows : u_cols.to(acc).contiguous();
+                                                int64_t row_offset, double temperature,
+                                                bool symmetric) {
+  const auto [rows, cols] = rows_cols_acc<acc_t>(u_rows, u_cols, symmetric);
   at::Tensor lse;
-  if (same && row_offset == 0 && fixed_shift_ok<acc_t>(temperature)) {
+  // The symmetric sums share one shift for rows and columns: the fixed shift only.
+  if (symmetric && fixed_shift_ok<acc_t>(temperature)) {
     lse = row_sums_symmetric<acc_t>(rows, temperature).log_().add_(1.0 / temperature);
   } else {
     lse = lse_general<acc_t>(rows, cols, row_offset, temperature);
@@ -517,15 +528,12 @@ template <typename acc_t>
 at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature) {
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const bool same = u_rows.is_same(u_cols) ||
-                    (u_rows.data_ptr() == u_cols.data_ptr() && u_rows.sizes() == u_cols.sizes());
-  const at::Tensor rows = u_rows.to(acc).contiguous();
-  const at::Tensor cols = same ? rows : u_cols.to(acc).contiguous();
+                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                         bool symmetric) {
+  const auto [rows, cols] = rows_cols_acc<acc_t>(u_rows, u_cols, symmetric);
   at::Tensor G;
-  // The symmetric schedule needs one weight and one lse per row, shared by rows and columns.
-  if (same && row_offset == 0 && row_lse.is_same(col_lse) && row_weight.is_same(col_weight))
+  // Symmetric: one lse and one weight per row serve it as a row and as a column.
+  if (symmetric)
     G = grad_symmetric<acc_t>(rows, row_lse, row_weight, temperature);
   if (!G.defined())
     G = grad_general<acc_t>(rows, cols, row_lse, col_lse, row_weight, col_weight, row_offset,
@@ -537,21 +545,23 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                               int64_t row_offset, double temperature) {
+                                               int64_t row_offset, double temperature,
+                                               bool symmetric) {
   if (u_rows.scalar_type() == at::kDouble)
-    return forward_impl<double>(u_rows, u_cols, row_offset, temperature);
-  return forward_impl<float>(u_rows, u_cols, row_offset, temperature);
+    return forward_impl<double>(u_rows, u_cols, row_offset, temperature, symmetric);
+  return forward_impl<float>(u_rows, u_cols, row_offset, temperature, symmetric);
 }
 
 at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                         const at::Tensor& norm_rows, const at::Tensor& row_lse,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
-                        const at::Tensor& col_weight, int64_t row_offset, double temperature) {
+                        const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                        bool symmetric) {
   if (u_rows.scalar_type() == at::kDouble)
     return backward_impl<double>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                                 col_weight, row_offset, temperature);
+                                 col_weight, row_offset, temperature, symmetric);
   return backward_impl<float>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                              col_weight, row_offset, temperature);
+                              col_weight, row_offset, temperature, symmetric);
 }
 
 }  // namespace ntxent
