@@ -7,11 +7,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._dtypes import accumulation_dtype
 from ._extension import _C
-
-
-def _acc_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,8 +75,8 @@ def ntxent_forward(z: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
 @ntxent_forward.register_fake
 def _(z, temperature):
     torch._check(z.dim() == 2, lambda: f"z must be 2-d, got shape {tuple(z.shape)}")
-    rows = (z.shape[0],)
-    return z.new_empty(rows, dtype=_acc_dtype(z)), z.new_empty(rows, dtype=_acc_dtype(z))
+    rows, acc = (z.shape[0],), accumulation_dtype(z.dtype)
+    return z.new_empty(rows, dtype=acc), z.new_empty(rows, dtype=acc)
 
 
 @torch.library.custom_op("simclr_ext::ntxent_backward", mutates_args=())

@@ -9,10 +9,6 @@ namespace ntxent {
 
 namespace {
 
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 void check_rows_cols(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
                      double temperature, bool symmetric, const char* op) {
   SIMCLR_CHECK_DEFINED(u_rows);
@@ -54,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
   SIMCLR_CHECK_FLOATING(z);
   SIMCLR_CHECK_DIM(z, 2);
   // Device-agnostic ATen: one reduction and one scale, in the accumulation dtype.
-  const at::Tensor z_acc = z.to(acc_dtype(z));
+  const at::Tensor z_acc = z.to(accumulation_dtype(z.scalar_type()));
   at::Tensor norm = at::linalg_vector_norm(z_acc, 2, {1});
   at::Tensor u = (z_acc / norm.clamp_min(kNormEps).unsqueeze(1)).to(z.scalar_type());
   return {u.contiguous(), norm};
@@ -87,7 +83,7 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
   TORCH_CHECK(!symmetric || (col_lse.is_same(row_lse) && col_weight.is_same(row_weight)), op,
               ": symmetric=True means the rows are their own columns: pass col_lse = row_lse and "
               "col_weight = row_weight");
-  const auto acc = acc_dtype(u_rows);
+  const auto acc = accumulation_dtype(u_rows.scalar_type());
   auto prep = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
   const at::Tensor rows = u_rows.contiguous();
   const at::Tensor cols = symmetric ? rows : u_cols.contiguous();

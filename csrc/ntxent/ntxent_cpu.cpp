@@ -547,7 +547,7 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                                                int64_t row_offset, double temperature,
                                                bool symmetric) {
-  if (u_rows.scalar_type() == at::kDouble)
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble)
     return forward_impl<double>(u_rows, u_cols, row_offset, temperature, symmetric);
   return forward_impl<float>(u_rows, u_cols, row_offset, temperature, symmetric);
 }
@@ -557,7 +557,7 @@ at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
                         bool symmetric) {
-  if (u_rows.scalar_type() == at::kDouble)
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble)
     return backward_impl<double>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
                                  col_weight, row_offset, temperature, symmetric);
   return backward_impl<float>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
