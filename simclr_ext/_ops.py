@@ -56,8 +56,8 @@ def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
 
 # --------------------------------------------------------------------------------------------
 # ntxent_forward / ntxent_backward: fused NT-Xent of one process's rows z = [view 1; view 2]
-# (DESIGN 3.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D)) and the
-# similarity tiles, so only z and the row LSE vector [2N] are saved between the two.
+# (docs/architecture.md, 2.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D))
+# and the similarity tiles, so only z and the row LSE vector [2N] are saved between the two.
 # --------------------------------------------------------------------------------------------
 @torch.library.custom_op("simclr_ext::ntxent_forward", mutates_args=())
 def ntxent_forward(z: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:

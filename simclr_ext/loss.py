@@ -1,8 +1,10 @@
-"""Fused NT-Xent loss (DESIGN 3.1): `nt_xent_loss` and the drop-in module `NTXentLoss`.
+"""Fused NT-Xent loss (docs/architecture.md section 2): `nt_xent_loss` and the drop-in module
+`NTXentLoss`.
 
 Never materializes the 2N x 2N similarity matrix (CPU and CUDA kernels in csrc/ntxent). With
 `gather_distributed=True` and an initialized process group of world size > 1, the negatives are
-gathered from every rank; the backward exchanges only O(N) numbers (row LSEs and row weights).
+gathered from every rank; the backward exchanges only O(N) numbers (row LSEs and row weights),
+and the result equals one process's loss on the concatenated batch (docs/architecture.md, 2.4).
 """
 import numbers
 from typing import List, Optional, Tuple

@@ -1,6 +1,6 @@
-"""Fused NT-Xent (DESIGN 3.1): values and gradients vs simclr_ext.reference, numerics, bad inputs,
-torch.compile / autocast / opcheck, gathered negatives over gloo ranks, and the O(N) memory
-bound measured as a subprocess's peak RSS."""
+"""Fused NT-Xent (docs/architecture.md section 2): values and gradients vs simclr_ext.reference,
+both CPU schedules, numerics, bad inputs, torch.compile / autocast / opcheck, gathered negatives
+over gloo ranks, and the O(N) memory bound measured as a subprocess's peak RSS."""
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-// NT-Xent op entries: validate once, then dispatch to the CPU or CUDA kernel (DESIGN 3.1).
+// NT-Xent op entries: check the kernels' invariants once, then dispatch to the CPU or CUDA
+// kernel (docs/architecture.md sections 2.1 and 5).
 #include "ntxent/ntxent.h"
 
 #include "common/checks.h"

@@ -1,5 +1,5 @@
-// NT-Xent loss op (DESIGN 3.1): entry points bound in csrc/bindings.cpp and the per-backend
-// kernels they dispatch to.
+// NT-Xent loss op (docs/architecture.md section 2.1): entry points bound in csrc/bindings.cpp
+// and the per-backend kernels they dispatch to.
 //
 // Layout shared by every function here:
 //   u_rows: [R, D] this rank's L2-normalized rows, [view 1; view 2], R even (R = 2n)

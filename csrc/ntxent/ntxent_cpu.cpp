@@ -1,7 +1,8 @@
-// NT-Xent CPU kernels (DESIGN 3.1): the FlashAttention pattern on the CPU. Rows in tiles, the
-// similarity of a row tile and a column tile computed by one small GEMM into a per-thread buffer,
-// log-sum-exp accumulated in fp32 (fp64 for fp64 inputs); the backward recomputes the tiles.
-// Only [tile, tile] buffers and O(rows * D) vectors are allocated: never a [R, C] matrix.
+// NT-Xent CPU kernels (docs/architecture.md section 2.2): the FlashAttention pattern on the CPU.
+// Rows in tiles, the similarity of a row tile and a column tile computed by one small GEMM into a
+// per-thread buffer, log-sum-exp accumulated in fp32 (fp64 for fp64 inputs); the backward
+// recomputes the tiles. Only [tile, tile] buffers and O(rows * D) vectors are allocated: never a
+// [R, C] matrix.
 //
 // Two tile schedules, both exact:
 //  - symmetric (the single-process case, flagged by the caller: `symmetric` in ntxent.h): only
