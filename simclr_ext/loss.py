@@ -1,8 +1,10 @@
-"""Fused NT-Xent loss (DESIGN 3.1): `nt_xent_loss` and the drop-in module `NTXentLoss`.
+"""Fused NT-Xent loss (docs/architecture.md section 2): `nt_xent_loss` and the drop-in module
+`NTXentLoss`.
 
 Never materializes the 2N x 2N similarity matrix (CPU and CUDA kernels in csrc/ntxent). With
 `gather_distributed=True` and an initialized process group of world size > 1, the negatives are
-gathered from every rank; the backward exchanges only O(N) numbers (row LSEs and row weights).
+gathered from every rank; the backward exchanges only O(N) numbers (row LSEs and row weights),
+and the result equals one process's loss on the concatenated batch (docs/architecture.md, 2.4).
 """
 import numbers
 from typing import List, Optional, Tuple
@@ -102,7 +104,8 @@ class _GatheredNTXent(torch.autograd.Function):
         sizes = [int(c) for c in counts]
         u_cols = _all_gather_rows(u, sizes, group)
         row_offset = sum(sizes[:rank])
-        row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature)
+        row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature,
+                                              symmetric=False)
         ctx.save_for_backward(u, u_cols, norm, row_lse)
         ctx.sizes, ctx.row_offset, ctx.temperature, ctx.group = sizes, row_offset, temperature, group
         return row_loss
@@ -115,7 +118,7 @@ class _GatheredNTXent(torch.autograd.Function):
         cols = _all_gather_rows(torch.stack([row_lse, w], dim=1), ctx.sizes, ctx.group)
         col_lse, col_weight = cols[:, 0].contiguous(), cols[:, 1].contiguous()
         grad = _C.ntxent_backward(u, u_cols, norm, row_lse, col_lse, w, col_weight,
-                                  ctx.row_offset, ctx.temperature)
+                                  ctx.row_offset, ctx.temperature, symmetric=False)
         return grad, None, None
 
 

@@ -4,8 +4,8 @@
    ldmatrix.trans and mma.sync fragment layouts (as the PTX ISA defines them) and checks the
    warp's products against a plain matmul (warp_gemm1, Gemm2, 16-bit and tf32 variants).
 2. Block level: the kernels' step sequence, column splits, masks, positive capture, coefficient
-   scaling and split sums in float64, against the DESIGN 3.1 formulas, including a rank's rows
-   at a row offset inside gathered columns.
+   scaling and split sums in float64, against the formulas of docs/architecture.md section 2.1
+   (the kernels: 2.3), including a rank's rows at a row offset inside gathered columns.
 They guard the index math and control flow against edits; they cannot prove the PTX semantics
 or the synchronization, which only a GPU run (tests/test_ntxent_cuda.py) does. Keep the
 formulas here in sync with the .cu file.
@@ -212,7 +212,8 @@ def test_ldmatrix_rows_hit_distinct_bank_groups():
 # Block-level model of tc_forward_kernel / lse_finish_kernel / tc_backward_kernel /
 # normalize_backward_kernel: the same step sequence (issue(s) decomposition), column splits,
 # masks, positive capture, coefficient scaling and split sums, in float64 on small sizes, against
-# the DESIGN 3.1 formulas. Guards the kernel's control flow, not its arithmetic precision.
+# the formulas of docs/architecture.md section 2.1. Guards the kernel's control flow, not its
+# arithmetic precision.
 # --------------------------------------------------------------------------------------------
 ROWS, COLS = 64, 64  # kTcRows, kTcCols
 
