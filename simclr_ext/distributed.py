@@ -23,10 +23,6 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK), NCCL on GPU and
@@ -55,10 +51,6 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def barrier():
