@@ -23,6 +23,7 @@ CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}
 
 def make_step(impl: str, where: str, width: int, batch: int, size: int):
     """Build a trainer step on fixed uint8 views; returns the zero-argument step."""
+    import simclr_ext
     from simclr_ext.data import DeviceAugment
     from simclr_ext.models import SimCLRModel, preferred_memory_format
     from simclr_ext.recipe import build_ops, simclr_step
@@ -35,7 +36,7 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
     model = SimCLRModel("resnet18", size, "nonlinear", width=width).to(dev)
     fmt = preferred_memory_format(model, dev)  # as python/train.py decides
     model = model.to(memory_format=fmt)
-    opt = lars_cls(lars_cls.exclude_bias_and_norm(model, 1e-6), lr=0.3, momentum=0.9, weight_decay=1e-6)
+    opt = lars_cls(simclr_ext.simclr_param_groups(model, 1e-6), lr=0.3, momentum=0.9, weight_decay=1e-6)
     crit = loss_cls(temperature=0.5)
     augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0)).to(dev)
     views = torch.randint(0, 256, (2 * batch, 3, size, size), dtype=torch.uint8, device=dev)

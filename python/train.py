@@ -24,6 +24,7 @@ try:  # the installed package (pip install .); else the source tree this script 
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import simclr_ext  # noqa: E402
 from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
 from simclr_ext import distributed as D  # noqa: E402
 from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources  # noqa: E402
@@ -280,7 +281,7 @@ def run(args, resume_ckpt):
     loss_cls, lars_cls, color_cls = build_ops(args.impl)
     criterion = loss_cls(temperature=args.temperature, gather_distributed=world > 1)
     peak_lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
-    optimizer = lars_cls(lars_cls.exclude_bias_and_norm(core, args.weight_decay), lr=peak_lr,
+    optimizer = lars_cls(simclr_ext.simclr_param_groups(core, args.weight_decay), lr=peak_lr,
                          momentum=args.momentum, weight_decay=args.weight_decay, eta=args.lars_eta)
     warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(args.epochs)
     schedule = WarmupCosine(peak_lr, args.epochs * steps_per_epoch, int(round(warmup * steps_per_epoch)))

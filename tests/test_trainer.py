@@ -40,7 +40,7 @@ def _make(distributed):
     core = model
     crit = simclr_ext.NTXentLoss(temperature=0.2, gather_distributed=distributed)
     # a large lr and no adaptation on 1-d params: a wrong gradient shows up plainly in the weights
-    opt = simclr_ext.LARS(simclr_ext.LARS.exclude_bias_and_norm(core, 1e-4), lr=0.1, momentum=0.9,
+    opt = simclr_ext.LARS(simclr_ext.simclr_param_groups(core, 1e-4), lr=0.1, momentum=0.9,
                           weight_decay=1e-4)
     return core, crit, opt
 

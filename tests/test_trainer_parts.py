@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import simclr_ext
 from simclr_ext.data import (DataError, ResumableSampler, TensorSource, TwoViews, gaussian_blur,
                              load_sources, make_shapes)
 from simclr_ext.models import SimCLRModel
@@ -100,7 +101,7 @@ def test_both_impls_run_a_training_step(impl):
     torch.manual_seed(0)
     loss_cls, lars_cls, color_cls = build_ops(impl)
     model = SimCLRModel("resnet18", 16, "nonlinear", width=8)
-    opt = lars_cls(lars_cls.exclude_bias_and_norm(model, 1e-6), lr=0.3, momentum=0.9,
+    opt = lars_cls(simclr_ext.simclr_param_groups(model, 1e-6), lr=0.3, momentum=0.9,
                    weight_decay=1e-6)
     augment = DeviceAugment(color_cls, 16, 1.0, 0.5, generator=torch.Generator().manual_seed(0))
     views = augment(torch.randint(0, 256, (2 * 8, 3, 16, 16), dtype=torch.uint8))
