@@ -7,15 +7,10 @@ forward, NT-Xent, backward and LARS on a ResNet-18 with small images. The loader
 
 extra_info: op, impl, device, case, images_per_s (images, not views), peak_mib.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import peak_mib, sync  # noqa: E402  (puts an in-place build first on sys.path)
+from harness import peak_mib, sync  # first: puts an in-place build ahead of an installed simclr_ext
 
 # (width, global batch, image side) per device: the CPU case is the main job's model
 CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}

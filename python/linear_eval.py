@@ -11,15 +11,12 @@ import sys
 
 import torch
 
-try:  # the installed package (pip install .); else the source tree this script sits in,
-    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext, else this tree's in-place build)
 
-from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
-from simclr_ext.data import DATASETS, DataError  # noqa: E402
-from simclr_ext.evaluate import format_table, linear_eval, load_pretrained  # noqa: E402
-from simclr_ext.models import build_model  # noqa: E402
+from simclr_ext import checkpoint as ckpt_lib
+from simclr_ext.data import DATASETS, DataError
+from simclr_ext.evaluate import format_table, linear_eval, load_pretrained
+from simclr_ext.models import build_model
 
 
 def main(argv=None):

@@ -19,19 +19,16 @@ import time
 import numpy as np
 import torch
 
-try:  # the installed package (pip install .); else the source tree this script sits in,
-    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext, else this tree's in-place build)
 
-import simclr_ext  # noqa: E402
-from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
-from simclr_ext import distributed as D  # noqa: E402
-from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources  # noqa: E402
-from simclr_ext.evaluate import format_table, linear_eval  # noqa: E402
-from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format  # noqa: E402
-from simclr_ext.recipe import IMPLS, build_ops, simclr_step  # noqa: E402
-from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr  # noqa: E402
+import simclr_ext
+from simclr_ext import checkpoint as ckpt_lib
+from simclr_ext import distributed as D
+from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources
+from simclr_ext.evaluate import format_table, linear_eval
+from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
+from simclr_ext.recipe import IMPLS, build_ops, simclr_step
+from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
 
 # Flags that define the model and the data stream: a resumed run takes them from its checkpoint.
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
