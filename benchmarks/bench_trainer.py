@@ -1,7 +1,7 @@
 """Training throughput of the SimCLR trainer's step with the fused ops vs their plain-PyTorch
-references (--impl fused / reference): device-side color distortion + blur + normalization, then
-forward, NT-Xent, backward and LARS on a ResNet-18 with small images. The loader side
-(crop + flip) is the same for both and left out.
+references (--impl fused / reference): device-side color distortion with fused normalization,
+then blur, written in the model's memory format; forward, NT-Xent, backward and LARS on a
+ResNet-18 with small images. The loader side (crop + flip) is the same for both and left out.
 
     python -m pytest benchmarks/bench_trainer.py --benchmark-only --benchmark-json=/tmp/trainer.json
 
@@ -33,13 +33,13 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
     model = model.to(memory_format=fmt)
     opt = lars_cls(simclr_ext.simclr_param_groups(model, 1e-6), lr=0.3, momentum=0.9, weight_decay=1e-6)
     crit = loss_cls(temperature=0.5)
-    augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0)).to(dev)
+    augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0),
+                            memory_format=fmt)
     views = torch.randint(0, 256, (2 * batch, 3, size, size), dtype=torch.uint8, device=dev)
     amp = torch.bfloat16 if where == "cuda" else None
 
     def step():
-        x = augment(views).contiguous(memory_format=fmt)
-        simclr_step(model, crit, opt, x, amp_dtype=amp)
+        simclr_step(model, crit, opt, augment(views), amp_dtype=amp)
 
     return step
 

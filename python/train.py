@@ -267,9 +267,9 @@ def run(args, resume_ckpt):
         model = D.convert_global_batchnorm(model, dev)
     model = model.to(dev)
     # channels_last where it is fast and safe (a oneDNN crash on AVX2 CPUs: docs/known-issues.md)
-    channels_last = preferred_memory_format(model, dev) == torch.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    memory_format = preferred_memory_format(model, dev)
+    channels_last = memory_format == torch.channels_last
+    model = model.to(memory_format=memory_format)
     core = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -285,7 +285,7 @@ def run(args, resume_ckpt):
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     aug_gen = torch.Generator(dev).manual_seed(args.seed * 1000 + rank + 1)
     augment = DeviceAugment(color_cls, args.image_size, args.color_strength, args.blur_p,
-                            generator=aug_gen).to(dev)
+                            generator=aug_gen, memory_format=memory_format)
 
     epoch, step_in_epoch, global_step = 0, 0, 0
     if resume_ckpt is not None:
@@ -340,9 +340,7 @@ def run(args, resume_ckpt):
                 b = pair.shape[0]
                 # [B, 2, 3, S, S] -> [2B, 3, S, S]: all first views, then all second views
                 x = pair.to(dev, non_blocking=True).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
-                x = augment(x)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = augment(x)  # float32, normalized, in the model's memory format
                 loss = simclr_step(model, criterion, optimizer, x, scaler, amp_dtype)
                 global_step += 1
                 step_in_epoch += 1
