@@ -234,6 +234,53 @@ def test_malformed_data_dirs_give_clear_errors(tmp_path, capsys, scripts):
     assert f"cannot read cifar10 from data directory {empty}" in err
 
 
+def test_plot_helper_without_matplotlib_is_a_one_line_note(tmp_path, scripts, monkeypatch, capsys):
+    train = scripts.train
+    recs = [{"kind": "train", "step": i + 1, "loss": float(l), "lr": 0.1}
+            for i, l in enumerate(torch.rand(5).tolist())]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    results = {"SimCLR": {"top1": 50.0, "top5": 90.0}}
+    monkeypatch.setattr(train, "_NOTED", set())
+    assert train.make_plot(str(tmp_path), results) is True
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "metrics.png").unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert train.make_plot(str(tmp_path), results) is False
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "matplotlib is not installed" in out[0] and "[train]" in out[0]
+    assert not (tmp_path / "metrics.png").exists()
+
+
+def test_run_without_matplotlib_and_tqdm_succeeds(tmp_path, scripts, monkeypatch, capsys):
+    """The plot and the progress bar are optional ([train] extra): a run without their libraries
+    exits 0 with its results saved and one note per missing library, however many epochs."""
+    train = scripts.train
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setattr(train, "_NOTED", set())
+    run = tmp_path / "run"
+    flags = [f for f in TINY if f != "--no-progress"] + ["--epochs", "2", "--no-random-baseline"]
+    assert train.main(flags + ["--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: matplotlib is not installed") == 1, out
+    assert out.count("note: tqdm is not installed") == 1, out
+    assert "| SimCLR |" in out and (run / "results.json").is_file()
+    assert not (run / "metrics.png").exists() and "metrics.png" not in out.splitlines()[-1]
+
+
+def test_a_plot_that_fails_does_not_fail_the_run(tmp_path, scripts, monkeypatch, capsys):
+    train = scripts.train
+
+    def broken_plot(run_dir, results=None):
+        raise RuntimeError("no display backend")
+
+    monkeypatch.setattr(train, "make_plot", broken_plot)
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run)]) == 0
+    assert "metrics.png could not be drawn (RuntimeError: no display backend)" in capsys.readouterr().out
+    assert ckpt_lib.load(str(run))["epoch"] == 1
+
+
 def test_main_command_end_to_end(tmp_path):
     run = tmp_path / "run"
     out = subprocess.run(
