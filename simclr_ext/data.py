@@ -400,9 +400,10 @@ class DeviceAugment(nn.Module):
     """The training-device half of SimCLR's views, on a uint8 batch [B, 3, S, S]: color
     distortion (per image) with the mean / std normalization fused into the color kernel's store,
     then Gaussian blur (p, sigma ~ U[0.1, 2], kernel 10% of the side, per image), returned as
-    float32 in `memory_format` (the model's: see models.preferred_memory_format), so nothing
-    else touches the batch before the first convolution. All randomness comes from one generator
-    on the images' device (its state is checkpointed): color parameters first, then the blur's.
+    float32 in `memory_format` (the model's: see models.preferred_memory_format). Without blur the
+    color kernel writes that layout itself; the blur runs on NCHW and its result is copied once.
+    All randomness comes from one generator on the images' device (its state is checkpointed):
+    color parameters first, then the blur's.
 
     Blurring after normalizing is the same as blurring before it (docs/architecture.md, 4.2):
     the normalization is a per-channel affine map, and a per-channel blur whose weights sum to 1,
@@ -429,10 +430,11 @@ class DeviceAugment(nn.Module):
         b = x.shape[0]
         r = torch.rand(2, b, device=x.device, generator=self.generator)
         sigma = 0.1 + 1.9 * r[0]
-        # the selection writes the model's layout directly (one pass for both)
-        out = torch.empty_like(x, memory_format=self.memory_format)
-        return torch.where((r[1] < self.blur_p).view(b, 1, 1, 1),
-                           gaussian_blur(x, sigma, self.kernel_size), x, out=out)
+        x = torch.where((r[1] < self.blur_p).view(b, 1, 1, 1),
+                        gaussian_blur(x, sigma, self.kernel_size), x)
+        # a separate copy: a selection that reads NCHW and writes channels_last in one pass
+        # measured slower on CPU than the two passes
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def normalize(x: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
