@@ -356,8 +356,7 @@ def build_training(s: Setup, data: Data) -> Training:
     core = SimCLRModel(a.arch, a.image_size, a.head, a.width, a.proj_dim)
     if world > 1:
         core = D.convert_global_batchnorm(core, dev)
-    # channels_last where it is fast and safe (see models.preferred_memory_format: it avoids a
-    # oneDNN crash on AVX2 CPUs)
+    # channels_last where it is fast and safe (a oneDNN crash on AVX2 CPUs: docs/known-issues.md)
     memory_format = preferred_memory_format(core, dev)
     core = core.to(dev).to(memory_format=memory_format)
     model = core
