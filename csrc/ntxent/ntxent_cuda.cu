@@ -448,7 +448,7 @@ __global__ void __launch_bounds__(256)
   row_loss[r] = lse - pos_logit[r];
 }
 
-// Fused backward (D up to kFusedMaxDRanges x 128), first stage:
+// Fused backward (D up to kTcFusedMaxDRanges x 128), first stage:
 //   grad_part[split z][rows of this tile, D range of blockIdx.y] =
 //   1/tau sum_{m in split z} coef_im u_m,  coef_im = w_i P_im + w_m P_mi,
 // minus (w_i + w_m) at m = pos(i), coefficient 0 at m = i exactly. The coefficients go through
