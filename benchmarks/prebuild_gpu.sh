@@ -40,12 +40,21 @@ src_hash() {  # the same digest gpu_check.sh computes on the GPU machine
 }
 hash=$(src_hash)
 
-# A fresh copy of the tree (tracked and untracked, not ignored files) with its modification
-# times, next to the kept build/ folder.
+# DIR becomes a copy of the tree (tracked and untracked, not ignored files) next to its kept
+# build/ folder: a file whose content changed is copied with a fresh modification time (so ninja
+# recompiles what it feeds, and only that), a file gone from the tree is removed.
 copy_tree() {  # copy_tree DIR
+  local stage
+  stage=$(mktemp -d)
+  git ls-files -co --exclude-standard -z | xargs -0 tar -cf - | tar -xf - -C "$stage"
   mkdir -p "$1"
-  find "$1" -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
-  git ls-files -co --exclude-standard -z | xargs -0 tar -cf - | tar -xf - -C "$1"
+  (cd "$stage" && find . -type f) | while read -r f; do
+    cmp -s "$stage/$f" "$1/$f" || { mkdir -p "$(dirname "$1/$f")"; cp "$stage/$f" "$1/$f"; }
+  done
+  (cd "$1" && find . -path ./build -prune -o -type f -print) | while read -r f; do
+    [ -e "$stage/$f" ] || rm -f "$1/$f"
+  done
+  rm -rf "$stage"
 }
 copy_tree "$WORK"
 

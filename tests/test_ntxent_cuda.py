@@ -399,7 +399,8 @@ def test_fp16_mean_gradient_at_65536_rows_matches_reference():
     _, ref_grad = chunked_reference(z_i.detach(), z_j.detach(), tau, sample)
     grad = torch.cat([z_i.grad, z_j.grad]).double()[sample.to("cuda")]
     per_row = (grad - ref_grad).norm(dim=1) / ref_grad.norm(dim=1)
-    assert per_row.max().item() < 1e-2, f"worst sampled gradient row: {per_row.max().item():.3g}"
+    # fp16 inputs, coefficients and outputs (2^-11 each); flushed coefficients would be O(1) off
+    assert per_row.max().item() < 2e-2, f"worst sampled gradient row: {per_row.max().item():.3g}"
 
 
 # --------------------------------------------------------------------------------------------
