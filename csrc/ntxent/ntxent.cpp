@@ -2,6 +2,8 @@
 // kernel (docs/architecture.md sections 2.1 and 5).
 #include "ntxent/ntxent.h"
 
+#include <ATen/Context.h>
+
 #include "common/checks.h"
 #include "ntxent/ntxent_math.h"
 
@@ -46,6 +48,17 @@ void check_vector(const at::Tensor& t, int64_t n, const at::Tensor& like, const 
 
 }  // namespace
 
+// The CUDA matmul precision is "tf32" (allow_tf32 = True, fp32_precision = "tf32" or
+// set_float32_matmul_precision("high")) and no at::NoTF32Guard is active on this thread: the
+// rule cuBLAS applies. Read through the new API: allowTF32CuBLAS() raises when legacy and new
+// settings were mixed.
+bool tf32_enabled() {
+  return at::globalContext().float32Precision(at::Float32Backend::CUDA,
+                                              at::Float32Op::MATMUL) ==
+             at::Float32Precision::TF32 &&
+         !at::NoTF32Guard::should_disable_tf32();
+}
+
 std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
   SIMCLR_CHECK_DEFINED(z);
   SIMCLR_CHECK_FLOATING(z);
@@ -58,12 +71,14 @@ std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
 }
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                           int64_t row_offset, double temperature, bool symmetric) {
+                                           int64_t row_offset, double temperature, bool symmetric,
+                                           std::optional<bool> tf32) {
   check_rows_cols(u_rows, u_cols, row_offset, temperature, symmetric, "nt_xent forward");
   const at::Tensor rows = u_rows.contiguous();
   const at::Tensor cols = symmetric ? rows : u_cols.contiguous();
 #ifdef WITH_CUDA
-  if (rows.is_cuda()) return forward_cuda(rows, cols, row_offset, temperature);
+  if (rows.is_cuda())
+    return forward_cuda(rows, cols, row_offset, temperature, tf32.value_or(tf32_enabled()));
 #endif
   return forward_cpu(rows, cols, row_offset, temperature, symmetric);
 }
@@ -72,7 +87,7 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                     const at::Tensor& norm_rows, const at::Tensor& row_lse,
                     const at::Tensor& col_lse, const at::Tensor& row_weight,
                     const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                    bool symmetric) {
+                    bool symmetric, std::optional<bool> tf32) {
   const char* op = "nt_xent backward";
   check_rows_cols(u_rows, u_cols, row_offset, temperature, symmetric, op);
   const int64_t R = u_rows.size(0), C = u_cols.size(0);
@@ -94,7 +109,7 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
 #ifdef WITH_CUDA
   if (rows.is_cuda())
     return backward_cuda(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, row_offset,
-                         temperature);
+                         temperature, tf32.value_or(tf32_enabled()));
 #endif
   return backward_cpu(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, row_offset,
                       temperature, symmetric);

@@ -17,6 +17,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 namespace simclr_ext {
@@ -32,18 +33,26 @@ inline at::ScalarType accumulation_dtype(at::ScalarType dtype) {
 // the accumulation dtype (fp32, or fp64 for fp64 z).
 std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z);
 
+// Whether fp32 inputs take the CUDA TF32 tensor-core path: exactly when cuBLAS would use TF32
+// for an fp32 matmul on this thread. A caller decides once, for a forward, and passes the same
+// decision to its backward (which may run on another thread, under other settings).
+bool tf32_enabled();
+
 // (row_loss, row_lse), both [R] in the accumulation dtype: row_loss = lse - s_{i,pos(i)}.
+// tf32: the decision above (default: tf32_enabled() now); only fp32 CUDA inputs use it.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                           int64_t row_offset, double temperature, bool symmetric);
+                                           int64_t row_offset, double temperature, bool symmetric,
+                                           std::optional<bool> tf32 = std::nullopt);
 
 // grad_z [R, D] in u's dtype: the exact gradient of sum_k w_k loss_k (over all C rows) with
 // respect to this rank's z rows, the normalization backward included:
 //   grad_u_i = 1/tau [ sum_{m != i} (w_i P_im + w_m P_mi) u_m - (w_i + w_pos(i)) u_pos(i) ]
+// tf32: the forward's decision (default: tf32_enabled() now).
 at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                       const at::Tensor& norm_rows, const at::Tensor& row_lse,
                       const at::Tensor& col_lse, const at::Tensor& row_weight,
                       const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                      bool symmetric);
+                      bool symmetric, std::optional<bool> tf32 = std::nullopt);
 
 // Backends: inputs already validated (same device, contiguous, shapes checked).
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
@@ -57,11 +66,12 @@ at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
                                                 const at::Tensor& u_cols, int64_t row_offset,
-                                                double temperature);
+                                                double temperature, bool tf32);
 at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature);
+                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                         bool tf32);
 #endif
 
 }  // namespace ntxent
