@@ -85,8 +85,8 @@ struct NormFunctor {
       sg += gk * gk;
     }
     __shared__ acc_t smem[kBlock / 32 + 1];
-    sw = mta::block_sum<kBlock>(sw, smem);
-    sg = mta::block_sum<kBlock>(sg, smem);
+    sw = block_sum<kBlock>(sw, smem);
+    sg = block_sum<kBlock>(sg, smem);
     if (threadIdx.x == 0) {
       partial[2 * (e.first_chunk + chunk)] = sw;
       partial[2 * (e.first_chunk + chunk) + 1] = sg;
@@ -111,8 +111,8 @@ struct UpdateFunctor {
         sg += partial[2 * (e.first_chunk + c) + 1];
       }
       __shared__ acc_t smem[kBlock / 32 + 1];
-      sw = mta::block_sum<kBlock>(sw, smem);
-      sg = mta::block_sum<kBlock>(sg, smem);
+      sw = block_sum<kBlock>(sw, smem);
+      sg = block_sum<kBlock>(sg, smem);
       scaled_lr *= trust_ratio(device_sqrt(sw), device_sqrt(sg), e.info.eta, true);
     }
     const int64_t begin = static_cast<int64_t>(chunk) * chunk_size;
