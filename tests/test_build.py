@@ -51,18 +51,18 @@ def test_import_refuses_a_different_torch():
 def test_normalize_op_matches_f_normalize(device, dtype):
     z = torch.randn(37, 19, dtype=dtype, device=device)
     z[3] *= 1e-14  # below eps: u = z / eps like F.normalize
-    u, norm = simclr_ext.ops.ntxent_normalize(z)
+    u, norm = torch.ops.simclr_ext.ntxent_normalize(z)
     torch.testing.assert_close(u, torch.nn.functional.normalize(z, dim=1))
     torch.testing.assert_close(norm, z.norm(dim=1).to(norm.dtype))
 
 
 def test_normalize_op_gradcheck_and_opcheck(device):
     z = torch.randn(6, 5, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: simclr_ext.ops.ntxent_normalize(t), (z,))
+    assert torch.autograd.gradcheck(lambda t: torch.ops.simclr_ext.ntxent_normalize(t), (z,))
     torch.library.opcheck(torch.ops.simclr_ext.ntxent_normalize.default, (z,))
 
 
 def test_normalize_op_under_torch_compile(device):
     z = torch.randn(8, 4, device=device)
-    fn = torch.compile(lambda t: simclr_ext.ops.ntxent_normalize(t)[0] * 2, fullgraph=True)
+    fn = torch.compile(lambda t: torch.ops.simclr_ext.ntxent_normalize(t)[0] * 2, fullgraph=True)
     torch.testing.assert_close(fn(z), 2 * torch.nn.functional.normalize(z, dim=1))
