@@ -102,8 +102,7 @@ class LARS(torch.optim.Optimizer):
 
     @staticmethod
     def _check_hyper(group: dict, where: str):
-        # Independent of reference.LARS's own check on purpose: the reference shares no code
-        # with the optimizer it verifies.
+        # Separate from reference.LARS's check on purpose: a reference shares no code with its subject.
         lr, momentum = group["lr"], group["momentum"]
         wd, eta = group["weight_decay"], group["eta"]
         if isinstance(lr, Tensor):
