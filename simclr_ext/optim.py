@@ -102,7 +102,7 @@ class LARS(torch.optim.Optimizer):
 
     @staticmethod
     def _check_hyper(group: dict, where: str):
-        # Separate from reference.LARS's check on purpose: a reference shares no code with its subject.
+        # Kept apart from reference.LARS's check: a reference shares no code with what it checks.
         lr, momentum = group["lr"], group["momentum"]
         wd, eta = group["weight_decay"], group["eta"]
         if isinstance(lr, Tensor):

@@ -189,7 +189,7 @@ class NTXentLoss(nn.Module):
 # torch._foreach_* twin
 # --------------------------------------------------------------------------------------------
 def _lars_check(lr, momentum, weight_decay, eta):
-    # Separate from simclr_ext.LARS's check on purpose: a reference shares no code with its subject.
+    # Kept apart from simclr_ext.LARS's check: a reference shares no code with what it checks.
     if not lr >= 0.0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if not 0.0 <= momentum < 1.0:
