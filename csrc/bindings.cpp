@@ -6,17 +6,11 @@
 #include <string>
 
 #include "color/color.h"
+#include "common/build_info.h"
 #include "lars/lars.h"
 #include "ntxent/ntxent.h"
 
-#define SIMCLR_STR_(x) #x
-#define SIMCLR_STR(x) SIMCLR_STR_(x)
-
 namespace simclr_ext {
-#ifdef WITH_CUDA
-std::string cuda_arch_list();
-int cuda_runtime_version_built();
-#endif
 
 pybind11::dict build_info() {
   pybind11::dict info;

@@ -1,10 +1,12 @@
 """simclr_ext: SimCLR with fused C++/CUDA kernels.
 
-Public API: NTXentLoss / nt_xent_loss (fused NT-Xent), LARS (fused multi-tensor LARS),
-ColorDistortion / color_distort (per-sample SimCLR color distortion), build_info().
+Public API: NTXentLoss / nt_xent_loss (fused NT-Xent), LARS / simclr_param_groups (fused
+multi-tensor LARS and SimCLR's parameter groups), ColorDistortion / color_distort /
+sample_color_params / ColorParams (per-sample SimCLR color distortion), build_info().
+The torch.library custom ops behind them are registered as torch.ops.simclr_ext.*;
+simclr_ext.reference holds the plain-PyTorch twins used by the tests and benchmarks.
 """
 from ._extension import build_info
-from . import _ops as ops
 from .augment import ColorDistortion, ColorParams, color_distort, sample_color_params
 from .loss import NTXentLoss, nt_xent_loss
 from .optim import LARS, simclr_param_groups
@@ -12,7 +14,7 @@ from .optim import LARS, simclr_param_groups
 __version__ = build_info()["version"]
 
 __all__ = [
-    "build_info", "ops", "__version__",
+    "build_info", "__version__",
     "NTXentLoss", "nt_xent_loss",
     "LARS", "simclr_param_groups",
     "ColorDistortion", "ColorParams", "color_distort", "sample_color_params",

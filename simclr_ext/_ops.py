@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._dtypes import accumulation_dtype
+from ._numeric import accumulation_dtype
 from ._extension import _C
 
 
@@ -34,7 +34,10 @@ def color_distort(
     mean: Optional[List[float]],
     std: Optional[List[float]],
 ) -> Tensor:
-    """images [B, 3, H, W] uint8/floating -> [B, 3, H, W] out_dtype (see simclr_ext.augment)."""
+    """images [B, 3, H, W] uint8/floating -> [B, 3, H, W] out_dtype (see simclr_ext.augment).
+
+    Checks shapes, dtypes and devices, never the parameter values (simclr_ext.color_distort
+    does): here an op code outside 0..3 is a no-op step on both devices."""
     out = torch.empty(
         images.shape, dtype=out_dtype, device=images.device,
         memory_format=color_out_memory_format(images),
@@ -136,7 +139,8 @@ def lars_step(
     lars_adaptation: List[bool],
     nesterov: List[bool],
 ) -> None:
-    """One LARS step over a bucket (one device, one dtype), per tensor i (DESIGN 3.2):
+    """One LARS step over a bucket (one device, one dtype), per tensor i
+    (docs/architecture.md, 3.1):
 
         g' = g + wd * w
         trust = eta * ||w|| / ||g'||  if lars_adaptation and ||w|| > 0 and ||g'|| > 0, else 1

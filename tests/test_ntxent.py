@@ -288,9 +288,9 @@ def test_cuda_tensor_without_cuda_build_is_a_clear_error():
 # ---------------------------------------------------------------------------------------------
 def test_opcheck(device):
     z = _rand(2 * 13, 7, device, dtype=torch.float32, seed=30).requires_grad_(True)
-    torch.library.opcheck(simclr_ext.ops.ntxent_forward, (z, 0.5))
-    row_loss, row_lse = simclr_ext.ops.ntxent_forward(z.detach(), 0.5)
-    torch.library.opcheck(simclr_ext.ops.ntxent_backward,
+    torch.library.opcheck(torch.ops.simclr_ext.ntxent_forward, (z, 0.5))
+    row_loss, row_lse = torch.ops.simclr_ext.ntxent_forward(z.detach(), 0.5)
+    torch.library.opcheck(torch.ops.simclr_ext.ntxent_backward,
                           (z.detach(), row_lse, torch.rand_like(row_loss), 0.5))
 
 

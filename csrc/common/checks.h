@@ -23,7 +23,7 @@
 namespace simclr_ext {
 
 // A CUDA tensor reaching a build without the CUDA kernels gets this message, never a silent
-// fallback to a slow path (DESIGN 3.4).
+// fallback to a slow path (docs/architecture.md, section 5).
 inline void check_backend_available(const at::Tensor& t, const char* op) {
 #ifndef WITH_CUDA
   TORCH_CHECK(!t.is_cuda(), op, ": simclr_ext was built without CUDA support, but got a ",

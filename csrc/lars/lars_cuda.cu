@@ -68,8 +68,8 @@ __device__ void tensor_sums(const Entry<3, acc_t>& e, int64_t chunk_size,
     sg += partial[2 * (e.first_chunk + c) + 1];
   }
   __shared__ acc_t smem[kBlock / 32 + 1];
-  sw = mta::block_sum<kBlock>(sw, smem);
-  sg = mta::block_sum<kBlock>(sg, smem);
+  sw = block_sum<kBlock>(sw, smem);
+  sg = block_sum<kBlock>(sg, smem);
 }
 
 // One block per tensor of the plan: sums[2 t + {0, 1}] = tensor t's (sum w^2, sum g'^2);
@@ -128,8 +128,8 @@ struct NormFunctor {
       sg += gk * gk;
     }
     __shared__ acc_t smem[kBlock / 32 + 1];
-    sw = mta::block_sum<kBlock>(sw, smem);
-    sg = mta::block_sum<kBlock>(sg, smem);
+    sw = block_sum<kBlock>(sw, smem);
+    sg = block_sum<kBlock>(sg, smem);
     if (threadIdx.x == 0) {
       partial[2 * (e.first_chunk + chunk)] = sw;
       partial[2 * (e.first_chunk + chunk) + 1] = sg;

@@ -17,17 +17,15 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "common/numeric.h"
+
 #include <optional>
 #include <tuple>
 
 namespace simclr_ext {
 namespace ntxent {
 
-// The dtype the kernels accumulate in, and return row_loss, row_lse and norms in: fp64 for fp64
-// inputs, else fp32 (bf16 and fp16 are only a storage format here).
-inline at::ScalarType accumulation_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
+// row_loss, row_lse and norms come back in accumulation_dtype (common/numeric.h) of the input.
 
 // (u, norm): u = z / max(||z||, eps) in z's dtype (computed in fp32/fp64), norm [R] = ||z|| in
 // the accumulation dtype (fp32, or fp64 for fp64 z).

@@ -1307,7 +1307,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
                                                 double temperature, bool tf32) {
   const c10::cuda::CUDAGuard guard(u_rows.device());
   check_sizes(u_rows, u_cols, row_offset);
-  const auto acc = u_rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_dtype(u_rows.scalar_type());
   at::Tensor row_loss = at::empty({u_rows.size(0)}, u_rows.options().dtype(acc));
   at::Tensor row_lse = at::empty({u_rows.size(0)}, u_rows.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(

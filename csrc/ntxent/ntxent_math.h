@@ -5,11 +5,10 @@
 #include <c10/macros/Macros.h>
 #include <math.h>
 
+#include "common/numeric.h"  // kNormEps
+
 namespace simclr_ext {
 namespace ntxent {
-
-// Same eps as torch.nn.functional.normalize: u = z / max(||z||, eps).
-constexpr double kNormEps = 1e-12;
 
 C10_HOST_DEVICE inline float exp_acc(float x) { return ::expf(x); }
 C10_HOST_DEVICE inline double exp_acc(double x) { return ::exp(x); }
