@@ -48,8 +48,20 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     created = False
     if world > 1 and not dist.is_initialized():
         created = True
-        dist.init_process_group("nccl" if device == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        backend = "nccl" if device == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            # torchrun shares its rendezvous store with the workers, and the keys a killed
+            # attempt left there (each rank's gloo / NCCL address) would be read by the next
+            # attempt as if current: a restarted group then connects to dead ports. A prefix per
+            # attempt keeps each attempt's keys apart.
+            store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+            store = dist.PrefixStore(f"simclr_ext/attempt_{attempt}/", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                    timeout=timeout)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank, world, local_rank, dev, created)
@@ -88,6 +100,15 @@ def any_rank(flag: bool, device=None) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_max(t: torch.Tensor, device=None) -> torch.Tensor:
+    """The elementwise maximum of t over all ranks (t itself in a single process), on the host."""
+    if world_size() == 1:
+        return t.cpu()
+    t = t.to(device).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu()
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
