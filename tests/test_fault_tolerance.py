@@ -66,3 +66,113 @@ def test_torchrun_restart_after_sigkill_resumes_by_itself(tmp_path):
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
              (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert steps == list(range(1, 10))  # the replayed steps are logged once
+
+
+@pytest.fixture(scope="module")
+def straight(train, tmp_path_factory):
+    """An uninterrupted 1-process run of 3 epochs x 3 steps: what every resumed run must equal."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert train.main(TINY + ["--epochs", "3", "--no-eval", "--run-dir", str(run)]) == 0
+    return ckpt_lib.load(str(run))
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous(tmp_path, train, straight, capsys):
+    """--resume auto on an empty run directory starts the run; after an interruption at step 5
+    the latest checkpoint (step 5) is cut to half its size: the same command line resumes from
+    checkpoint_prev.pt (step 3), says so naming the bad file, and ends exactly as `straight`."""
+    run = tmp_path / "run"
+    cmd = TINY + ["--epochs", "3", "--no-eval", "--resume", "auto", "--run-dir", str(run)]
+    assert train.main(cmd + ["--stop-at-step", "5"]) == 128 + 15
+    last, prev = run / ckpt_lib.LAST, run / ckpt_lib.PREV
+    assert ckpt_lib.load(str(last))["global_step"] == 5
+    assert ckpt_lib.load(str(prev))["global_step"] == 3
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    assert train.main(cmd) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {last} is unreadable" in out, out
+    assert f"resuming from the previous checkpoint {prev}" in out and "at epoch 1, step 3" in out
+    end = ckpt_lib.load(str(run))
+    assert end["global_step"] == 9
+    _assert_same_weights(straight, end, "after falling back to checkpoint_prev.pt")
+
+
+def test_checkpoint_fallback_rules(tmp_path):
+    """load_latest: a missing latest (a crash between the two renames) falls back too; a readable
+    checkpoint of another format version is an error, not a fallback; two unreadable files name
+    both; an empty directory is no checkpoint."""
+    assert ckpt_lib.load_latest(str(tmp_path)) is None
+    w = torch.randn(50)
+    ckpt_lib.save_atomic({"format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION, "w": w},
+                         str(tmp_path / ckpt_lib.PREV))
+    said = []
+    got = ckpt_lib.load_latest(str(tmp_path), said.append)
+    assert torch.equal(got["w"], w) and "checkpoint_last.pt is missing" in said[0]
+    ckpt_lib.save_atomic({"format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION + 1},
+                         str(tmp_path / ckpt_lib.LAST))
+    with pytest.raises(ckpt_lib.CheckpointError,
+                       match=f"format version {ckpt_lib.VERSION + 1}, this simclr_ext reads version"):
+        ckpt_lib.load_latest(str(tmp_path), said.append)
+    (tmp_path / ckpt_lib.LAST).write_bytes(b"\x00" * 64)
+    (tmp_path / ckpt_lib.PREV).write_bytes(b"PK\x03\x04")
+    with pytest.raises(ckpt_lib.CheckpointError, match="checkpoint_last.pt is unreadable.*"
+                                                       "checkpoint_prev.pt is unreadable"):
+        ckpt_lib.load_latest(str(tmp_path), said.append)
+
+
+def test_resume_auto_refuses_other_flags(tmp_path, train, capsys):
+    """--resume auto on a run directory that holds a run: a flag that defines the run and differs
+    from the checkpoint's is an error naming it (as with --resume), not a silent new run."""
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run), "--resume", "auto",
+                           "--temperature", "0.5"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not match" in err and "--temperature 0.5" in err and "checkpoint: 0.2" in err
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--resume", "auto"])
+    assert "--resume auto needs --run-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("log_every, nan_at, stop_at, kept", [
+    (4, 5, 6, (1, 1, 4)),    # caught at the next loss read-back: step 6, the end of epoch 2
+    (100, 4, 4, (1, 0, 3)),  # no read-back before step 4's checkpoint: the save itself checks
+])
+def test_nan_loss_stops_and_keeps_the_last_finite_checkpoint(tmp_path, train, capsys, log_every,
+                                                            nan_at, stop_at, kept):
+    """The loss of one step is NaN (its backward poisons the weights); checkpoints every 2 steps
+    and at epoch ends (3 steps). The run stops at the first host read of the device-side flag
+    after that step (a log line or a checkpoint), exits 3 naming the step, and the checkpoint on
+    disk is the last one before it, all finite."""
+    run = tmp_path / "run"
+    rc = train.main(TINY + ["--epochs", "3", "--no-eval", "--run-dir", str(run),
+                            "--log-every", str(log_every), "--save-every-steps", "2",
+                            "--nan-at-step", str(nan_at)])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert (f"not finite (nan or inf) at step {nan_at}; stopped at step {stop_at} without "
+            f"writing") in err, err
+    assert str(run / ckpt_lib.LAST) in err
+    ck = ckpt_lib.load(str(run))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == kept
+    assert all(v.isfinite().all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_sigkill_between_epochs_loses_at_most_save_every_steps(tmp_path, straight):
+    """One process SIGKILLed after step 5 with --save-every-steps 2: the checkpoint holds step 4
+    (mid epoch 2), and rerunning the same command line (--resume auto) ends exactly as `straight`."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "python" / "train.py"), *TINY, "--epochs", "3", "--no-eval",
+           "--resume", "auto", "--run-dir", str(run), "--save-every-steps", "2"]
+    out = subprocess.run(cmd + ["--sigkill-at-step", "5"], env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == -9, out.stdout + out.stderr
+    ck = ckpt_lib.load(str(run))
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 1, 4)
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "at epoch 1, step 4" in out.stdout, out.stdout + out.stderr
+    _assert_same_weights(straight, ckpt_lib.load(str(run)), "after SIGKILL + --resume auto")
