@@ -32,7 +32,8 @@ import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext
 import simclr_ext
 from simclr_ext import checkpoint as ckpt_lib
 from simclr_ext import distributed as D
-from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources
+from simclr_ext.data import (DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews,
+                             bad_image_count, load_sources)
 from simclr_ext.evaluate import format_table, linear_eval, random_init_model
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step
@@ -60,6 +61,10 @@ def build_parser():
     a.add_argument("--val-fraction", type=float, default=0.1,
                    help="imagefolder without train/ and val/: held-out fraction")
     a.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    a.add_argument("--skip-bad-images", action="store_true",
+                   help="imagefolder: use the next readable image in place of an unreadable one "
+                        "(listed in <run-dir>/bad_images.txt, counted in the log) instead of "
+                        "stopping with an error naming the file")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="resnet18", help=f"one of {sorted(ARCHS)}")
     m.add_argument("--width", type=int, default=16,
@@ -315,6 +320,7 @@ class Setup:
     amp_dtype: Optional[torch.dtype]
     metrics: Metrics
     t0: float
+    skipped: int = 0  # unreadable images reported so far
 
     @property
     def device(self) -> torch.device:
@@ -323,6 +329,18 @@ class Setup:
     @property
     def checkpoint_path(self) -> str:
         return os.path.join(self.args.run_dir, ckpt_lib.LAST)
+
+    @property
+    def bad_log(self) -> str:
+        return os.path.join(self.args.run_dir, "bad_images.txt")
+
+    def say_skipped(self, when: str, always: bool = False):
+        """One line (rank 0) when --skip-bad-images has skipped more files (always: any)."""
+        n = bad_image_count(self.bad_log)
+        if n != self.skipped or (always and n):
+            self.skipped = n
+            self.say(f"{when}: skipped {n} unreadable image{'s' * (n != 1)} (listed in {self.bad_log})")
+            self.metrics.log(kind="data", skipped_images=n)
 
     def say(self, *a, **k):
         if self.info.is_main:
@@ -430,7 +448,8 @@ def load_data(s: Setup) -> Data:
     """Image sources, the two-view data set and this rank's resumable sampler."""
     a, info = s.args, s.info
     pre, train, test = load_sources(a.dataset, a.data_dir, a.image_size, a.seed, a.train_size,
-                                    a.test_size, a.val_fraction)
+                                    a.test_size, a.val_fraction, skip_bad_images=a.skip_bad_images,
+                                    bad_log=s.bad_log)
     s.say(f"data: {a.dataset}, {len(pre)} pretraining / {len(train)} train / {len(test)} held-out "
           f"images, {train.num_classes} classes ({time.time() - s.t0:.1f} s)")
     views = TwoViews(pre, a.image_size, seed=a.seed)
@@ -629,6 +648,8 @@ def pretrain(s: Setup, data: Data, tr: Training, pos: Position):
                 pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
                 s.metrics.log(kind="epoch", epoch=pos.epoch, step=pos.global_step, loss=mean_loss)
             save_checkpoint(s, tr, pos, "interrupt" if interrupted else "epoch")
+            if a.skip_bad_images:
+                s.say_skipped(f"epoch {pos.epoch}")
     return interrupted
 
 
@@ -654,9 +675,13 @@ def report(s: Setup, results: dict):
     """results.json (when evaluated), metrics.png, the run directory's contents. Nothing here
     fails a run that has already succeeded: a plot that cannot be drawn is a one-line note."""
     a = s.args
+    if a.skip_bad_images:
+        s.say_skipped("run", always=True)
     files = ["config.json", "metrics.jsonl", ckpt_lib.LAST]
     if os.path.exists(os.path.join(a.run_dir, ckpt_lib.PREV)):
         files.append(ckpt_lib.PREV)
+    if os.path.exists(s.bad_log):
+        files.append(os.path.basename(s.bad_log))
     if not a.no_eval:
         with open(os.path.join(a.run_dir, "results.json"), "w") as f:
             json.dump({"results": results, "total_seconds": time.time() - s.t0}, f, indent=2)

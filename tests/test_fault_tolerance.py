@@ -176,3 +176,43 @@ def test_sigkill_between_epochs_loses_at_most_save_every_steps(tmp_path, straigh
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "at epoch 1, step 4" in out.stdout, out.stdout + out.stderr
     _assert_same_weights(straight, ckpt_lib.load(str(run)), "after SIGKILL + --resume auto")
+
+
+def _image_folder(root, n=96):
+    """n small PNGs of the shapes data set in 2 class directories, plus the two bad files."""
+    from PIL import Image
+    from simclr_ext.data import make_shapes
+
+    images, _ = make_shapes(n, 16, seed=int(torch.randint(0, 1000, ())))
+    for i, img in enumerate(images):
+        d = root / f"class{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:03d}.png")
+    jpg = root / "class0" / "corrupt.jpg"
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(jpg, quality=90)
+    jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])  # a copy cut short
+    empty = root / "class1" / "empty.png"
+    empty.write_bytes(b"")
+    return {str(jpg), str(empty)}
+
+
+def test_bad_images_are_named_or_skipped_and_counted(tmp_path, train, capsys):
+    """An ImageFolder with a truncated JPEG and a zero-byte PNG: the run stops with an error
+    naming the file it met; with --skip-bad-images it completes (pretraining and linear
+    evaluation read every file) and reports the two files, listed in bad_images.txt."""
+    data = tmp_path / "data"
+    bad = _image_folder(data)
+    flags = ["--dataset", "imagefolder", "--data-dir", str(data), "--batch-size", "32",
+             "--width", "4", "--image-size", "16", "--no-progress", "--log-every", "1",
+             "--device", "cpu", "--epochs", "1", "--eval-epochs", "1", "--no-random-baseline"]
+    assert train.main(flags + ["--run-dir", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    named = [p for p in bad if f"cannot read image {p}:" in err]
+    assert len(named) == 1 and "--skip-bad-images" in err, err
+    run = tmp_path / "skip"
+    assert train.main(flags + ["--run-dir", str(run), "--skip-bad-images"]) == 0
+    out = capsys.readouterr().out
+    assert f"run: skipped 2 unreadable images (listed in {run / 'bad_images.txt'})" in out, out
+    listed = {line.split("\t")[0] for line in (run / "bad_images.txt").read_text().splitlines()}
+    assert listed == bad
+    assert "| SimCLR |" in out and ckpt_lib.load(str(run))["epoch"] == 1
