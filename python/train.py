@@ -730,6 +730,19 @@ def main(argv=None):
     except (DataError, ckpt_lib.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a collective that failed: name the rank that was lost
+        if D.world_size() > 1 and D.is_collective_failure(exc):
+            lost = D.roll_call(wait_s=min(args.dist_timeout, 60))
+            if lost != []:
+                who = (f"rank {', '.join(map(str, lost))} did not answer a roll call: it died "
+                       f"(or hangs); its own log says why" if lost else
+                       "the process group's store is unreachable too: its host (torchrun's "
+                       "agent, or rank 0) died")
+                print(f"error: rank {torch.distributed.get_rank()} of "
+                      f"{torch.distributed.get_world_size()} lost its peers, {who}. "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})", file=sys.stderr)
+                return 4
+        raise  # not a lost rank
     except NonFiniteError as exc:
         if int(os.environ.get("RANK") or 0) == 0:  # every rank stops with the same verdict
             print(f"error: {exc}", file=sys.stderr)

@@ -216,3 +216,48 @@ def test_bad_images_are_named_or_skipped_and_counted(tmp_path, train, capsys):
     listed = {line.split("\t")[0] for line in (run / "bad_images.txt").read_text().splitlines()}
     assert listed == bad
     assert "| SimCLR |" in out and ckpt_lib.load(str(run))["epoch"] == 1
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_hung_rank_is_named_within_dist_timeout(tmp_path):
+    """2 ranks without torchrun (nothing restarts or kills the group); rank 1 is frozen with
+    SIGSTOP mid-run: rank 0's collective gives up after --dist-timeout 5 s, and rank 0 leaves
+    with exit code 4 and an error naming rank 1 instead of hanging."""
+    import signal
+    import time
+
+    port = _free_port()
+    cmd = [sys.executable, str(ROOT / "python" / "train.py"), *TINY, "--epochs", "200",
+           "--no-eval", "--run-dir", str(tmp_path / "run"), "--dist-timeout", "5"]
+    procs = []
+    for rank in range(2):
+        env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and procs[0].poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        _, err = procs[0].communicate(timeout=90)
+        waited = time.time() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert procs[0].returncode == 4, err
+    assert "error: rank 0 of 2 lost its peers, rank 1 did not answer a roll call" in err, err
+    assert "Timed out waiting 5000ms" in err, err  # the timeout, not a closed connection
+    assert waited < 60, waited  # the 5 s timeout, the 5 s roll call, and a loaded machine
