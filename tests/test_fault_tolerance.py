@@ -46,7 +46,6 @@ def _assert_same_weights(a, b, what):
         torch.testing.assert_close(b["model"][k], v, rtol=0, atol=1e-6, msg=f"{k} differs {what}")
 
 
-@pytest.mark.slow
 def test_torchrun_restart_after_sigkill_resumes_by_itself(tmp_path):
     """2 ranks under torchrun --max-restarts 1, the last rank SIGKILLed after step 5 (mid epoch 2
     of 3 x 3 steps): the restarted group finds the run directory's checkpoint with the command
