@@ -536,7 +536,7 @@ def save_checkpoint(s: Setup, tr: Training, pos: Position, tag: str):
     # one reduction over all parameters: a non-finite gradient can poison the weights while the
     # loss of that step was still finite
     finite = torch.stack([p.detach().isfinite().all() for p in tr.core.parameters()]).all()
-    if int(D.all_max(~finite, s.device)):
+    if int(D.all_max((~finite).int(), s.device)):
         raise NonFiniteError(f"the weights are not finite at step {pos.global_step}; stopped "
                              f"without writing a checkpoint, so {s.checkpoint_path} still holds "
                              f"the last finite state. Lower --base-lr and start again")
