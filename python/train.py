@@ -5,7 +5,10 @@
 
 One process or torchrun (NCCL on GPU, gloo on CPU); DDP + global batch norm; NT-Xent with
 negatives gathered across ranks; LARS; warm-up + cosine; bf16 autocast on GPU; atomic checkpoints
-every epoch and on SIGTERM / Ctrl-C; --resume continues exactly. See README for the flags.
+every epoch (and every --save-every-steps) and on SIGTERM / Ctrl-C, the previous one kept beside;
+--resume continues exactly, and --resume auto (or a torchrun restart) continues the run in
+--run-dir by itself; a non-finite loss stops the run before it can overwrite a good checkpoint.
+See README for the flags and its "Fault tolerance" section.
 
 A run is the steps below, in order (docs/architecture.md, section 7): parse_flags, set_up,
 load_data, build_training, restore, then pretrain (train_one_epoch + save_checkpoint per epoch),
@@ -13,7 +16,6 @@ evaluate and report.
 """
 import argparse
 import json
-import math
 import os
 import random
 import signal
@@ -30,7 +32,8 @@ import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext
 import simclr_ext
 from simclr_ext import checkpoint as ckpt_lib
 from simclr_ext import distributed as D
-from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources
+from simclr_ext.data import (DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews,
+                             bad_image_count, load_sources)
 from simclr_ext.evaluate import format_table, linear_eval, random_init_model
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step
@@ -58,6 +61,10 @@ def build_parser():
     a.add_argument("--val-fraction", type=float, default=0.1,
                    help="imagefolder without train/ and val/: held-out fraction")
     a.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    a.add_argument("--skip-bad-images", action="store_true",
+                   help="imagefolder: use the next readable image in place of an unreadable one "
+                        "(listed in <run-dir>/bad_images.txt, counted in the log) instead of "
+                        "stopping with an error naming the file")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="resnet18", help=f"one of {sorted(ARCHS)}")
     m.add_argument("--width", type=int, default=16,
@@ -91,8 +98,15 @@ def build_parser():
                         "0 = torch's default")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--run-dir", default=None, help="default: runs/<date-time>")
-    r.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT",
-                   help="continue a run exactly from its latest checkpoint")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT_OR_auto",
+                   help="continue a run exactly from its latest checkpoint; 'auto': continue the "
+                        "run in --run-dir when it has a checkpoint, else start it (what a torchrun "
+                        "restart does by itself)")
+    r.add_argument("--save-every-steps", type=int, default=0,
+                   help="also checkpoint every N global steps (0: at epoch ends only)")
+    r.add_argument("--dist-timeout", type=float, default=1800,
+                   help="seconds a collective waits for the other ranks before this rank leaves "
+                        "with an error (a rank that died without torchrun noticing)")
     r.add_argument("--eval-epochs", type=int, default=100, help="linear classifier epochs")
     r.add_argument("--no-eval", action="store_true", help="pretrain only")
     r.add_argument("--no-random-baseline", action="store_true",
@@ -100,6 +114,8 @@ def build_parser():
     r.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--stop-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: act as if SIGTERM arrived
+    r.add_argument("--nan-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: the loss of this step is NaN
+    r.add_argument("--sigkill-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: the last rank SIGKILLs itself after this step (first torchrun attempt only)
     return p
 
 
@@ -124,6 +140,10 @@ def validate(p, args):
         p.error(f"--threads must be >= 0, got {args.threads}")
     if args.workers < 0:
         p.error(f"--workers must be >= 0, got {args.workers}")
+    if args.save_every_steps < 0:
+        p.error(f"--save-every-steps must be >= 0 (0: epoch ends only), got {args.save_every_steps}")
+    if not args.dist_timeout > 0:
+        p.error(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
     if args.dataset != "shapes":
         if args.data_dir is None:
             p.error(f"--dataset {args.dataset} needs --data-dir")
@@ -135,16 +155,53 @@ def explicit_flags(argv):
     return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
+def torchrun_restarts() -> int:
+    """How many times torchrun's elastic agent has restarted the worker group (0: first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def say_once(*a):
+    """print on global rank 0 only (before the process group exists: torchrun's RANK)."""
+    if int(os.environ.get("RANK") or 0) == 0:
+        print(*a, flush=True)
+
+
+def find_checkpoint(parser, args):
+    """The checkpoint --resume (or a torchrun restart) points at -> dict or None (start fresh).
+    A run directory gives its latest usable checkpoint (checkpoint_prev.pt when the latest is
+    unreadable); 'auto' starts fresh when the directory holds none."""
+    auto = args.resume == "auto"
+    if args.resume is None and torchrun_restarts() > 0:
+        if args.run_dir is None:
+            say_once(f"note: torchrun restart {torchrun_restarts()}, but without --run-dir there is "
+                     f"no run to continue: starting a new one (give --run-dir to resume by itself)")
+            return None
+        say_once(f"torchrun restart {torchrun_restarts()}: continuing the run in {args.run_dir}")
+        auto = True
+    if auto:
+        if args.run_dir is None:
+            parser.error("--resume auto needs --run-dir (the run directory to continue or start)")
+        return ckpt_lib.load_latest(args.run_dir, say_once) if os.path.isdir(args.run_dir) else None
+    if args.resume is None:
+        return None
+    if os.path.isdir(args.resume):
+        ckpt = ckpt_lib.load_latest(args.resume, say_once)
+        if ckpt is None:
+            raise ckpt_lib.CheckpointError(f"no checkpoint at {os.path.join(args.resume, ckpt_lib.LAST)}")
+        return ckpt
+    return ckpt_lib.load(args.resume)
+
+
 def parse_flags(parser, argv):
-    """-> (args, resume checkpoint or None). With --resume, the flags that define the run come
-    from the checkpoint, and an explicitly given one that differs from it is an error."""
+    """-> (args, resume checkpoint or None). With --resume (or --resume auto / a torchrun
+    restart finding a checkpoint), the flags that define the run come from the checkpoint, and
+    an explicitly given one that differs from it is an error."""
     args = parser.parse_args(argv)
-    resume_ckpt = None
-    if args.resume is not None:
-        try:
-            resume_ckpt = ckpt_lib.load(args.resume)
-        except ckpt_lib.CheckpointError as exc:
-            parser.error(f"--resume: {exc}")
+    try:
+        resume_ckpt = find_checkpoint(parser, args)
+    except ckpt_lib.CheckpointError as exc:
+        parser.error(f"--resume: {exc}")
+    if resume_ckpt is not None:
         given = explicit_flags(argv)
         saved = resume_ckpt["config"]
         diff = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (checkpoint: {saved.get(k)!r})"
@@ -263,10 +320,27 @@ class Setup:
     amp_dtype: Optional[torch.dtype]
     metrics: Metrics
     t0: float
+    skipped: int = 0  # unreadable images reported so far
 
     @property
     def device(self) -> torch.device:
         return self.info.device
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.args.run_dir, ckpt_lib.LAST)
+
+    @property
+    def bad_log(self) -> str:
+        return os.path.join(self.args.run_dir, "bad_images.txt")
+
+    def say_skipped(self, when: str, always: bool = False):
+        """One line (rank 0) when --skip-bad-images has skipped more files (always: any)."""
+        n = bad_image_count(self.bad_log)
+        if n != self.skipped or (always and n):
+            self.skipped = n
+            self.say(f"{when}: skipped {n} unreadable image{'s' * (n != 1)} (listed in {self.bad_log})")
+            self.metrics.log(kind="data", skipped_images=n)
 
     def say(self, *a, **k):
         if self.info.is_main:
@@ -284,6 +358,43 @@ class Data:
     steps_per_epoch: int
 
 
+class NonFiniteError(FloatingPointError):
+    """The loss or the weights stopped being finite: the run diverged."""
+
+
+class LossGuard:
+    """The first step whose loss was not finite, recorded on the device (no host sync per step:
+    a GPU keeps running ahead) and read back where the host waits anyway: at the log interval
+    and before every checkpoint, so a checkpoint is never written after a non-finite loss."""
+
+    def __init__(self, device):
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: none so far
+
+    def update(self, loss, step: int):
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad & (self.first_bad == 0), step, self.first_bad)
+
+    def check(self, s: "Setup", pos: "Position"):
+        step = int(D.all_max(self.first_bad, s.device))  # the same verdict on every rank
+        if step:
+            raise NonFiniteError(
+                f"the loss is not finite (nan or inf) at step {step}; stopped at step "
+                f"{pos.global_step} without writing a checkpoint, so {s.checkpoint_path} still "
+                f"holds the last finite state. The run diverged: lower --base-lr (or check the "
+                f"data) and start again")
+
+
+class PoisonedLoss(torch.nn.Module):
+    """Tests (--nan-at-step): the wrapped loss times NaN, so its backward poisons the weights."""
+
+    def __init__(self, criterion):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, z):
+        return self.criterion(z) * float("nan")
+
+
 @dataclass
 class Training:
     model: torch.nn.Module  # DDP-wrapped when W > 1
@@ -296,6 +407,7 @@ class Training:
     augment: DeviceAugment
     aug_gen: torch.Generator
     peak_lr: float
+    guard: LossGuard
 
 
 @dataclass
@@ -308,7 +420,7 @@ class Position:
 
 def set_up(args) -> Setup:
     """Process group and device, precision, threads, seeds, run directory and config.json."""
-    info = D.init_distributed(args.device)
+    info = D.init_distributed(args.device, args.dist_timeout)
     if args.batch_size % info.world_size:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by the "
                          f"{info.world_size} ranks")
@@ -336,7 +448,8 @@ def load_data(s: Setup) -> Data:
     """Image sources, the two-view data set and this rank's resumable sampler."""
     a, info = s.args, s.info
     pre, train, test = load_sources(a.dataset, a.data_dir, a.image_size, a.seed, a.train_size,
-                                    a.test_size, a.val_fraction)
+                                    a.test_size, a.val_fraction, skip_bad_images=a.skip_bad_images,
+                                    bad_log=s.bad_log)
     s.say(f"data: {a.dataset}, {len(pre)} pretraining / {len(train)} train / {len(test)} held-out "
           f"images, {train.num_classes} classes ({time.time() - s.t0:.1f} s)")
     views = TwoViews(pre, a.image_size, seed=a.seed)
@@ -376,7 +489,7 @@ def build_training(s: Setup, data: Data) -> Training:
     augment = DeviceAugment(color_cls, a.image_size, a.color_strength, a.blur_p,
                             generator=aug_gen, memory_format=memory_format)
     return Training(model, core, memory_format, criterion, optimizer, schedule, scaler, augment,
-                    aug_gen, peak_lr)
+                    aug_gen, peak_lr, LossGuard(dev))
 
 
 def restore(s: Setup, tr: Training, ckpt: dict) -> Position:
@@ -390,12 +503,43 @@ def restore(s: Setup, tr: Training, ckpt: dict) -> Position:
             f"{s.info.world_size}")
     ckpt_lib.set_rng_state(ckpt["rng"][s.info.rank], tr.aug_gen)
     pos = Position(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+    if s.info.is_main:
+        trim_metrics(s.metrics.path, pos.global_step)
     s.say(f"resumed from {ckpt['path']} at epoch {pos.epoch}, step {pos.global_step}")
     return pos
 
 
+def trim_metrics(path: str, global_step: int):
+    """Drop the metric lines of steps after the checkpoint (a crashed attempt logged them, the
+    resumed run logs them again), so metrics.jsonl and its plot show each step once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= global_step:
+                keep.append(line)
+        except ValueError:  # a line cut short by the crash
+            pass
+    if len(keep) != len(lines):
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
 def save_checkpoint(s: Setup, tr: Training, pos: Position, tag: str):
-    """Every rank's RNG states gathered; rank 0 writes checkpoint_last.pt atomically."""
+    """Every rank's RNG states gathered; rank 0 writes checkpoint_last.pt atomically, the one it
+    replaces kept as checkpoint_prev.pt. Nothing is written unless every loss so far and the
+    weights are finite (NonFiniteError), so the last good checkpoint survives a divergence."""
+    tr.guard.check(s, pos)
+    # one reduction over all parameters: a non-finite gradient can poison the weights while the
+    # loss of that step was still finite
+    finite = torch.stack([p.detach().isfinite().all() for p in tr.core.parameters()]).all()
+    if int(D.all_max((~finite).int(), s.device)):
+        raise NonFiniteError(f"the weights are not finite at step {pos.global_step}; stopped "
+                             f"without writing a checkpoint, so {s.checkpoint_path} still holds "
+                             f"the last finite state. Lower --base-lr and start again")
     rngs = D.all_gather_object(ckpt_lib.rng_state(tr.aug_gen))
     if s.info.is_main:
         state = {
@@ -405,7 +549,7 @@ def save_checkpoint(s: Setup, tr: Training, pos: Position, tag: str):
             "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step,
             "rng": rngs, "tag": tag,
         }
-        ckpt_lib.save_atomic(state, os.path.join(s.args.run_dir, ckpt_lib.LAST))
+        ckpt_lib.save_atomic(state, s.checkpoint_path, keep_previous=True)
     D.barrier()
 
 
@@ -423,8 +567,8 @@ class EpochLog:
     """One epoch's step bookkeeping: images/s, a metrics line every --log-every steps and at the
     epoch's end (the only points where the loss is read back to the host), the progress bar."""
 
-    def __init__(self, s: Setup, data: Data, pos: Position):
-        self.s, self.steps_per_epoch = s, data.steps_per_epoch
+    def __init__(self, s: Setup, data: Data, pos: Position, guard: LossGuard):
+        self.s, self.steps_per_epoch, self.guard = s, data.steps_per_epoch, guard
         self.bar = None
         if s.info.is_main and not s.args.no_progress:
             self.bar = progress_bar(data.steps_per_epoch, pos.step_in_epoch,
@@ -434,9 +578,8 @@ class EpochLog:
     def step(self, pos: Position, loss, lr: float, images: int):
         self.images += images
         if pos.global_step % self.s.args.log_every == 0 or pos.step_in_epoch == self.steps_per_epoch:
+            self.guard.check(self.s, pos)  # any non-finite loss since the last check stops here
             lv = loss.item()
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"loss is {lv} at step {pos.global_step}; lower --base-lr")
             self.losses.append(lv)
             now = time.time()
             ips = self.images / max(now - self.t_last, 1e-9)
@@ -458,7 +601,8 @@ class EpochLog:
 def train_one_epoch(s: Setup, data: Data, tr: Training, pos: Position, stop: StopFlag):
     """Steps until the epoch ends or a stop signal (on any rank) -> (signal or None, mean of
     the logged losses). pos advances with every step."""
-    log = EpochLog(s, data, pos)
+    a = s.args
+    log = EpochLog(s, data, pos, tr.guard)
     interrupted = None
     for pair, _ in epoch_loader(s, data, pos):
         if pos.step_in_epoch >= data.steps_per_epoch:
@@ -468,16 +612,24 @@ def train_one_epoch(s: Setup, data: Data, tr: Training, pos: Position, stop: Sto
         # [B, 2, 3, S, S] -> [2B, 3, S, S]: all first views, then all second views
         x = pair.to(s.device, non_blocking=True).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
         x = tr.augment(x)  # float32, normalized, in the model's memory format
-        loss = simclr_step(tr.model, tr.criterion, tr.optimizer, x, tr.scaler, s.amp_dtype)
+        criterion = tr.criterion if a.nan_at_step != pos.global_step + 1 else PoisonedLoss(tr.criterion)
+        loss = simclr_step(tr.model, criterion, tr.optimizer, x, tr.scaler, s.amp_dtype)
         pos.global_step += 1
         pos.step_in_epoch += 1
+        tr.guard.update(loss, pos.global_step)
         log.step(pos, loss, lr, b * s.info.world_size)
+        if (a.sigkill_at_step == pos.global_step and torchrun_restarts() == 0
+                and s.info.rank == s.info.world_size - 1):
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: a rank dies with no chance to clean up
         sig = stop.signum
-        if s.args.stop_at_step is not None and pos.global_step == s.args.stop_at_step:
+        if a.stop_at_step is not None and pos.global_step == a.stop_at_step:
             sig = signal.SIGTERM
         if D.any_rank(sig is not None, s.device):  # all ranks stop at the same step
             interrupted = sig or signal.SIGTERM
             break
+        if (a.save_every_steps and pos.global_step % a.save_every_steps == 0
+                and pos.step_in_epoch < data.steps_per_epoch):  # the epoch's end saves anyway
+            save_checkpoint(s, tr, pos, "step")
     return interrupted, log.close()
 
 
@@ -496,6 +648,8 @@ def pretrain(s: Setup, data: Data, tr: Training, pos: Position):
                 pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
                 s.metrics.log(kind="epoch", epoch=pos.epoch, step=pos.global_step, loss=mean_loss)
             save_checkpoint(s, tr, pos, "interrupt" if interrupted else "epoch")
+            if a.skip_bad_images:
+                s.say_skipped(f"epoch {pos.epoch}")
     return interrupted
 
 
@@ -521,7 +675,13 @@ def report(s: Setup, results: dict):
     """results.json (when evaluated), metrics.png, the run directory's contents. Nothing here
     fails a run that has already succeeded: a plot that cannot be drawn is a one-line note."""
     a = s.args
+    if a.skip_bad_images:
+        s.say_skipped("run", always=True)
     files = ["config.json", "metrics.jsonl", ckpt_lib.LAST]
+    if os.path.exists(os.path.join(a.run_dir, ckpt_lib.PREV)):
+        files.append(ckpt_lib.PREV)
+    if os.path.exists(s.bad_log):
+        files.append(os.path.basename(s.bad_log))
     if not a.no_eval:
         with open(os.path.join(a.run_dir, "results.json"), "w") as f:
             json.dump({"results": results, "total_seconds": time.time() - s.t0}, f, indent=2)
@@ -570,6 +730,23 @@ def main(argv=None):
     except (DataError, ckpt_lib.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a collective that failed: name the rank that was lost
+        if D.world_size() > 1 and D.is_collective_failure(exc):
+            lost = D.roll_call(wait_s=min(args.dist_timeout, 60))
+            if lost != []:
+                who = (f"rank {', '.join(map(str, lost))} did not answer a roll call: it died "
+                       f"(or hangs); its own log says why" if lost else
+                       "the process group's store is unreachable too: its host (torchrun's "
+                       "agent, or rank 0) died")
+                print(f"error: rank {torch.distributed.get_rank()} of "
+                      f"{torch.distributed.get_world_size()} lost its peers, {who}. "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})", file=sys.stderr)
+                return 4
+        raise  # not a lost rank
+    except NonFiniteError as exc:
+        if int(os.environ.get("RANK") or 0) == 0:  # every rank stops with the same verdict
+            print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

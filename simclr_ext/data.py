@@ -150,28 +150,60 @@ class TensorSource(Dataset):
 
 
 class FolderSource(Dataset):
-    """Files of an ImageFolder-layout directory (root/<class>/<image>), decoded on access."""
+    """Files of an ImageFolder-layout directory (root/<class>/<image>), decoded on access.
 
-    def __init__(self, samples, classes):
+    A file that cannot be decoded (empty, truncated, corrupt) is a DataError naming it; with
+    skip_bad, the next readable file of the list (with its own label) stands in for it, a
+    deterministic choice, so exact resume still holds, and its path is appended to bad_log (one
+    line per encounter, from any worker or rank: count the distinct paths, bad_image_count)."""
+
+    def __init__(self, samples, classes, skip_bad: bool = False, bad_log: Optional[str] = None):
         self.samples = samples
         self.classes = classes
         self.num_classes = len(classes)
         self.labels = torch.tensor([t for _, t in samples], dtype=torch.int64)
+        self.skip_bad, self.bad_log = skip_bad, bad_log
+        self._bad = set()  # indices this process already found unreadable
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, i):
+    @staticmethod
+    def _decode(path):
         from PIL import Image
         import torchvision.transforms.v2.functional as TF
 
-        path, target = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                img = TF.pil_to_tensor(im.convert("RGB"))
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
-        return img, target
+        with Image.open(path) as im:
+            return TF.pil_to_tensor(im.convert("RGB"))
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        n = len(self.samples)
+        for k in range(n):
+            j = (i + k) % n
+            if j in self._bad:
+                continue
+            path, target = self.samples[j]
+            try:
+                return self._decode(path), target
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                if not self.skip_bad:
+                    raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
+                                    f"(--skip-bad-images skips unreadable files)") from exc
+                self._bad.add(j)
+                if self.bad_log is not None:
+                    with open(self.bad_log, "a") as f:  # one short append: whole lines
+                        f.write(f"{path}\t{type(exc).__name__}: {exc}\n")
+        raise DataError(f"none of the {n} images of this split can be read")
+
+
+def bad_image_count(bad_log: str) -> int:
+    """Distinct files recorded in a bad-image log (0 when there is none)."""
+    if not os.path.exists(bad_log):
+        return 0
+    with open(bad_log) as f:
+        return len({line.split("\t", 1)[0] for line in f if line.strip()})
 
 
 def _scan_folder(root: str):
@@ -200,9 +232,11 @@ def _split_indices(n: int, fraction: float, seed: int):
 
 def load_sources(name: str, root: Optional[str] = None, image_size: int = 32, seed: int = 0,
                  train_size: int = 6000, test_size: int = 2000, val_fraction: float = 0.1,
-                 num_classes: int = 10):
+                 num_classes: int = 10, skip_bad_images: bool = False,
+                 bad_log: Optional[str] = None):
     """-> (pretrain, train, test) image sources. pretrain is what SimCLR sees (labels unused);
-    train / test are the linear-evaluation splits."""
+    train / test are the linear-evaluation splits. skip_bad_images, bad_log: imagefolder's
+    unreadable files (FolderSource)."""
     if name == "shapes":
         if train_size < 1 or test_size < 1:
             raise DataError(f"shapes needs train_size and test_size >= 1, got {train_size}, {test_size}")
@@ -225,7 +259,8 @@ def load_sources(name: str, root: Optional[str] = None, image_size: int = 32, se
             samples, classes = _scan_folder(root)
             tri, tei = _split_indices(len(samples), val_fraction, seed)
             tr_s, te_s = [samples[i] for i in tri], [samples[i] for i in tei]
-        tr, te = FolderSource(tr_s, classes), FolderSource(te_s, classes)
+        tr = FolderSource(tr_s, classes, skip_bad_images, bad_log)
+        te = FolderSource(te_s, classes, skip_bad_images, bad_log)
         return tr, tr, te
     if name in ("cifar10", "cifar100", "stl10"):
         return _torchvision_sources(name, root)
