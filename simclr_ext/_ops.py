@@ -54,6 +54,34 @@ def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
     )
 
 
+_DOUBLE_BACKWARD = (
+    "simclr_ext NT-Xent has no double backward (create_graph=True through its fused backward, "
+    "e.g. a gradient penalty); use simclr_ext.reference.nt_xent_loss or "
+    "simclr_ext.reference.NTXentLoss, the plain-PyTorch twin, for higher-order gradients"
+)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on a gradient computed by a fused backward; differentiating it raises."""
+
+    @staticmethod
+    def forward(ctx, grad, *anchors):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _first_order_only(grad, *anchors):
+    """Under create_graph=True, tie `grad` to the graph so that a double backward through it
+    raises a clear error instead of treating the fused gradient as a constant."""
+    if grad is None or not torch.is_grad_enabled():
+        return grad
+    anchors = [a for a in anchors if isinstance(a, Tensor) and a.requires_grad]
+    return _FirstOrderOnly.apply(grad, *anchors) if anchors else grad
+
+
 # --------------------------------------------------------------------------------------------
 # ntxent_forward / ntxent_backward: fused NT-Xent of one process's rows z = [view 1; view 2]
 # (docs/architecture.md, 2.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D))
@@ -113,7 +141,9 @@ def _ntxent_backward_autograd(ctx, grad_row_loss, grad_row_lse):
     z, row_lse = ctx.saved_tensors
     if grad_row_loss is None:
         return None, None
-    return ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32), None
+    with torch.no_grad():  # first order only: see _first_order_only
+        grad = ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32)
+    return _first_order_only(grad, z, grad_row_loss), None
 
 
 ntxent_forward.register_autograd(_ntxent_backward_autograd, setup_context=_ntxent_setup_context)

@@ -54,6 +54,18 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                       const at::Tensor& col_weight, int64_t row_offset, double temperature,
                       bool symmetric, std::optional<bool> tf32 = std::nullopt);
 
+// Memory bank (docs/architecture.md, 2.1): rows [R, D] (any R >= 1) against bank columns [K, D],
+// none of which is a row's self or positive. Both run the general schedule with the rows placed
+// past the last column (row_offset = K), so no column index matches a self or positive column.
+//   bank_forward:  lse_bank [R], lse_bank_k = log sum_b exp(u_k . bank_b / tau)
+//   bank_backward: G [R, D] in the accumulation dtype, G_k = w_k sum_b exp(s_kb - row_lse_k) bank_b
+//                  (the 1/tau of ds/du and the positive's share are the caller's)
+at::Tensor bank_forward(const at::Tensor& u_rows, const at::Tensor& bank, double temperature,
+                        std::optional<bool> tf32 = std::nullopt);
+at::Tensor bank_backward(const at::Tensor& u_rows, const at::Tensor& bank,
+                         const at::Tensor& row_lse, const at::Tensor& row_weight,
+                         double temperature, std::optional<bool> tf32 = std::nullopt);
+
 // Backends: inputs already validated (same device, contiguous, shapes checked).
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                                                int64_t row_offset, double temperature,
@@ -63,6 +75,10 @@ at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
                         bool symmetric);
+at::Tensor bank_forward_cpu(const at::Tensor& u_rows, const at::Tensor& bank, double temperature);
+at::Tensor bank_backward_cpu(const at::Tensor& u_rows, const at::Tensor& bank,
+                             const at::Tensor& row_lse, const at::Tensor& row_weight,
+                             double temperature);
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
                                                 const at::Tensor& u_cols, int64_t row_offset,

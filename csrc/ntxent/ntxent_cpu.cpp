@@ -545,6 +545,36 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
 
 }  // namespace
 
+// Memory bank: the general schedule with row_offset = K (the rows sit past the last bank column,
+// so mask_self masks nothing), and in the backward a zero column weight with column LSE +inf
+// (exp(s - inf) = 0: the columns' own softmax terms vanish exactly).
+at::Tensor bank_forward_cpu(const at::Tensor& u_rows, const at::Tensor& bank, double temperature) {
+  const int64_t K = bank.size(0);
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble) {
+    const auto [rows, cols] = rows_cols_acc<double>(u_rows, bank, false);
+    return lse_general<double>(rows, cols, K, temperature);
+  }
+  const auto [rows, cols] = rows_cols_acc<float>(u_rows, bank, false);
+  return lse_general<float>(rows, cols, K, temperature);
+}
+
+at::Tensor bank_backward_cpu(const at::Tensor& u_rows, const at::Tensor& bank,
+                             const at::Tensor& row_lse, const at::Tensor& row_weight,
+                             double temperature) {
+  const int64_t K = bank.size(0);
+  const at::Tensor col_lse = at::full({K}, std::numeric_limits<double>::infinity(),
+                                      row_lse.options());
+  const at::Tensor col_weight = at::zeros({K}, row_weight.options());
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble) {
+    const auto [rows, cols] = rows_cols_acc<double>(u_rows, bank, false);
+    return grad_general<double>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
+                                temperature);
+  }
+  const auto [rows, cols] = rows_cols_acc<float>(u_rows, bank, false);
+  return grad_general<float>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
+                             temperature);
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                                                int64_t row_offset, double temperature,
                                                bool symmetric) {
