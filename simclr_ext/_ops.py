@@ -192,3 +192,40 @@ def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars
         lambda: "lars_step: params, grads and momentum_buffers must have the same length",
     )
     return None
+
+
+@torch.library.custom_op(
+    "simclr_ext::lars_step_tensor_lr", mutates_args=("params", "momentum_buffers")
+)
+def lars_step_tensor_lr(
+    params: List[Tensor],
+    grads: List[Tensor],
+    momentum_buffers: List[Tensor],
+    lrs: List[Tensor],
+    weight_decays: List[float],
+    momentums: List[float],
+    etas: List[float],
+    lars_adaptation: List[bool],
+    nesterov: List[bool],
+) -> None:
+    """lars_step with one 0-d lr tensor per tensor (torch.optim's tensor lr): under
+    torch.compile the lrs are graph inputs, so a scheduler that fills them in place causes no
+    recompile. Each distinct lr tensor is read once, on the host (a sync for a CUDA one)."""
+    read = {}
+    for t in lrs:
+        if id(t) not in read:
+            read[id(t)] = float(t)
+    _C.lars_step(params, grads, momentum_buffers, [read[id(t)] for t in lrs], weight_decays,
+                 momentums, etas, lars_adaptation, nesterov)
+
+
+@lars_step_tensor_lr.register_fake
+def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars_adaptation,
+      nesterov):
+    n = len(params)
+    torch._check(
+        len(grads) == n and len(momentum_buffers) == n and len(lrs) == n,
+        lambda: "lars_step_tensor_lr: params, grads, momentum_buffers and lrs must have the "
+                "same length",
+    )
+    return None
