@@ -60,9 +60,10 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("u_cols"), pybind11::arg("norm_rows"), pybind11::arg("row_lse"),
         pybind11::arg("col_lse"), pybind11::arg("row_weight"), pybind11::arg("col_weight"),
         pybind11::arg("row_offset"), pybind11::arg("temperature"), pybind11::arg("symmetric"),
-        pybind11::arg("tf32") = pybind11::none(),
+        pybind11::arg("tf32") = pybind11::none(), pybind11::arg("row_loss") = pybind11::none(),
         "grad_z [R, D] of sum_k w_k loss_k (normalization backward fused); tf32: the "
-        "forward's decision");
+        "forward's decision; row_loss: the forward's (the positive's term without "
+        "cancellation)");
   m.def("ntxent_bank_forward", &simclr_ext::ntxent::bank_forward, pybind11::arg("u_rows"),
         pybind11::arg("bank"), pybind11::arg("temperature"),
         pybind11::arg("tf32") = pybind11::none(),

@@ -109,27 +109,29 @@ def _(z, temperature):
 
 @torch.library.custom_op("simclr_ext::ntxent_backward", mutates_args=())
 def ntxent_backward(z: Tensor, row_lse: Tensor, grad_row_loss: Tensor,
-                    temperature: float, tf32: bool = False) -> Tensor:
+                    temperature: float, tf32: bool = False,
+                    row_loss: Optional[Tensor] = None) -> Tensor:
     """grad_z [2N, D] (z's dtype) of sum_k grad_row_loss_k * row_loss_k, given the forward's
     row_lse. Exact: one pass per similarity tile gives P_km and P_mk (s is symmetric).
-    tf32: the forward's precision decision (_C.ntxent_tf32_enabled() when it ran)."""
+    tf32: the forward's precision decision (_C.ntxent_tf32_enabled() when it ran).
+    row_loss: the forward's, for the positive's term without cancellation (optional)."""
     u, norm = _C.ntxent_normalize(z)
     lse = row_lse.to(norm.dtype).contiguous()
     w = grad_row_loss.to(norm.dtype).contiguous()
     # One process: the rows are their own columns (and their lse and weights the columns').
     return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature, symmetric=True,
-                              tf32=tf32)
+                              tf32=tf32, row_loss=row_loss)
 
 
 @ntxent_backward.register_fake
-def _(z, row_lse, grad_row_loss, temperature, tf32=False):
+def _(z, row_lse, grad_row_loss, temperature, tf32=False, row_loss=None):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
 def _ntxent_setup_context(ctx, inputs, output):
     z, temperature = inputs
-    _, row_lse = output
-    ctx.save_for_backward(z, row_lse)
+    row_loss, row_lse = output
+    ctx.save_for_backward(z, row_lse, row_loss)
     ctx.temperature = temperature
     # The forward (on this thread, just now) ran with this TF32 decision; the backward, which
     # may run on another thread after the setting changed, must take the same path.
@@ -138,11 +140,12 @@ def _ntxent_setup_context(ctx, inputs, output):
 
 
 def _ntxent_backward_autograd(ctx, grad_row_loss, grad_row_lse):
-    z, row_lse = ctx.saved_tensors
+    z, row_lse, row_loss = ctx.saved_tensors
     if grad_row_loss is None:
         return None, None
     with torch.no_grad():  # first order only: see _first_order_only
-        grad = ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32)
+        grad = ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32,
+                               row_loss.detach())
     return _first_order_only(grad, z, grad_row_loss), None
 
 

@@ -86,7 +86,7 @@ def _learnable(temperature) -> bool:
 
 
 def _grad_z_and_dot(u, u_cols, norm, row_lse, col_lse, w, col_weight, row_offset: int,
-                    tau: float, symmetric: bool, tf32: bool):
+                    tau: float, symmetric: bool, tf32: bool, row_loss: Tensor):
     """grad_z of sum_k w_k loss_k and, per row, u_i . grad_u_i (the radial part the
     normalization backward removes; it gives dL/dtau, docs/architecture.md 2.1).
 
@@ -101,7 +101,7 @@ def _grad_z_and_dot(u, u_cols, norm, row_lse, col_lse, w, col_weight, row_offset
     if symmetric:
         col_lse, col_weight = row_lse, w
     g = _C.ntxent_backward(rows, cols, zero, row_lse, col_lse, w, col_weight, row_offset, tau,
-                           symmetric=symmetric, tf32=tf32)
+                           symmetric=symmetric, tf32=tf32, row_loss=row_loss)
     eps = 1e-12  # ntxent_math.h: kNormEps
     grad_u = g.to(acc) * eps
     dot = (rows * grad_u).sum(1)
@@ -147,7 +147,7 @@ class _GatheredNTXent(torch.autograd.Function):
         tf32 = _C.ntxent_tf32_enabled()  # decided once: the backward takes the same path
         row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature,
                                               symmetric=False, tf32=tf32)
-        ctx.save_for_backward(u, u_cols, norm, row_lse)
+        ctx.save_for_backward(u, u_cols, norm, row_lse, row_loss)
         ctx.sizes, ctx.row_offset, ctx.temperature, ctx.group = sizes, row_offset, temperature, group
         ctx.tf32 = tf32
         ctx.z, ctx.tau_tensor = z, tau_tensor
@@ -155,7 +155,8 @@ class _GatheredNTXent(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_row_loss: Tensor):
-        u, u_cols, norm, row_lse = ctx.saved_tensors
+        u, u_cols, norm, row_lse, row_loss = ctx.saved_tensors
+        row_loss = row_loss.detach()
         with torch.no_grad():  # first order only: see _first_order_only
             w = grad_row_loss.to(row_lse.dtype).contiguous()
             # One collective for both O(R) vectors: [R, 2] = (lse, weight) per row.
@@ -166,14 +167,15 @@ class _GatheredNTXent(torch.autograd.Function):
                 # This rank's share of dPhi/dtau = -(1/(2 tau)) sum over ALL rows of
                 # u_i . grad_u_i: DDP's average of the shares is the global dL/dtau.
                 grad, dot = _grad_z_and_dot(u, u_cols, norm, row_lse, col_lse, w, col_weight,
-                                            ctx.row_offset, ctx.temperature, False, ctx.tf32)
+                                            ctx.row_offset, ctx.temperature, False, ctx.tf32,
+                                            row_loss)
                 grad = grad.to(u.dtype)
                 grad_tau = (dot.sum() * (-0.5 / ctx.temperature)).to(ctx.tau_tensor.dtype)
                 grad_tau = grad_tau.reshape(ctx.tau_tensor.shape)
             else:
                 grad = _C.ntxent_backward(u, u_cols, norm, row_lse, col_lse, w, col_weight,
                                           ctx.row_offset, ctx.temperature, symmetric=False,
-                                          tf32=ctx.tf32)
+                                          tf32=ctx.tf32, row_loss=row_loss)
         grad = _first_order_only(grad, ctx.z, grad_row_loss)
         grad_tau = _first_order_only(grad_tau, ctx.z, grad_row_loss)
         return grad, None, None, None, grad_tau
@@ -189,19 +191,19 @@ class _LearnableTemperatureNTXent(torch.autograd.Function):
         u, _ = _C.ntxent_normalize(z)
         tf32 = _C.ntxent_tf32_enabled()
         row_loss, row_lse = _C.ntxent_forward(u, u, 0, temperature, symmetric=True, tf32=tf32)
-        ctx.save_for_backward(z, row_lse)
+        ctx.save_for_backward(z, row_lse, row_loss)
         ctx.temperature, ctx.tf32, ctx.tau_tensor = temperature, tf32, tau_tensor
         return row_loss
 
     @staticmethod
     def backward(ctx, grad_row_loss: Tensor):
-        z, row_lse = ctx.saved_tensors
+        z, row_lse, row_loss = ctx.saved_tensors
         with torch.no_grad():  # first order only: see _first_order_only
             u, norm = _C.ntxent_normalize(z)
             lse = row_lse.to(norm.dtype).contiguous()
             w = grad_row_loss.to(norm.dtype).contiguous()
             grad, dot = _grad_z_and_dot(u, u, norm, lse, lse, w, w, 0, ctx.temperature, True,
-                                        ctx.tf32)
+                                        ctx.tf32, row_loss.detach())
             grad_tau = (dot.sum() * (-0.5 / ctx.temperature)).to(ctx.tau_tensor.dtype)
             grad_tau = grad_tau.reshape(ctx.tau_tensor.shape)
         grad = _first_order_only(grad.to(z.dtype), z, grad_row_loss)

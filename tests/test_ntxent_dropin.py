@@ -269,3 +269,44 @@ def test_gathered_learnable_temperature_matches_single_process(distributed):
         torch.testing.assert_close(tau_grad, model.tau.grad, rtol=1e-9, atol=1e-13)
         for got, want in zip(net_grads, model.net.parameters()):
             torch.testing.assert_close(got, want.grad, rtol=1e-8, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Low-loss numerics: each row's loss is computed relative to its positive logit
+# ---------------------------------------------------------------------------------------------
+def _near_identical(n, dim, noise, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    b = a + noise * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return torch.cat([a, b]).float().to(device)  # fp32 inputs, exact in fp64 too
+
+
+@pytest.mark.parametrize("n,noise", [(7, 1e-4), (7, 1e-3), (64, 3e-4), (300, 1e-4)])
+def test_fp32_low_loss_matches_fp64_at_tau_007(device, n, noise):
+    # Nearly identical views at tau = 0.07: loss ~1e-5 or less. Subtracting the positive logit
+    # from the log-sum-exp (both ~14) would leave ~1e-6 absolute error in fp32; relative to the
+    # positive the fp32 loss and gradient follow fp64 to the precision of the fp32 u itself.
+    z = _near_identical(n, 128, noise, device, seed=n)
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        x = z.to(dtype).detach().requires_grad_()
+        rows = simclr_ext.nt_xent_loss(x, temperature=0.07, reduction="none")
+        rows.mean().backward()
+        out[dtype] = rows.detach().double(), x.grad.double()
+    (l32, g32), (l64, g64) = out[torch.float32], out[torch.float64]
+    assert l64.max() < 3e-3  # the regime this is about
+    rel_loss = ((l32 - l64).abs() / l64.abs()).max().item()
+    rel_grad = ((g32 - g64).norm() / g64.norm()).item()
+    assert rel_loss < 1e-5, f"fp32 row-loss relative error {rel_loss:.2e}"
+    assert rel_grad < 5e-5, f"fp32 gradient relative error {rel_grad:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tau", [0.5, 0.07, 0.01])
+def test_single_pair_loss_and_gradient_exactly_zero(device, dtype, tau):
+    # N = 1: the positive is the only candidate, so the loss is 0 exactly, as is its gradient.
+    z = torch.randn(2, 16, dtype=dtype, device=device, requires_grad=True)
+    loss = simclr_ext.nt_xent_loss(z, temperature=tau, reduction="none")
+    assert torch.equal(loss.detach(), torch.zeros_like(loss))
+    loss.sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z.grad))

@@ -89,7 +89,8 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                     const at::Tensor& norm_rows, const at::Tensor& row_lse,
                     const at::Tensor& col_lse, const at::Tensor& row_weight,
                     const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                    bool symmetric, std::optional<bool> tf32) {
+                    bool symmetric, std::optional<bool> tf32,
+                    const std::optional<at::Tensor>& row_loss) {
   const char* op = "nt_xent backward";
   check_rows_cols(u_rows, u_cols, row_offset, temperature, symmetric, op);
   const int64_t R = u_rows.size(0), C = u_cols.size(0);
@@ -101,8 +102,12 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
   TORCH_CHECK(!symmetric || (col_lse.is_same(row_lse) && col_weight.is_same(row_weight)), op,
               ": symmetric=True means the rows are their own columns: pass col_lse = row_lse and "
               "col_weight = row_weight");
+  if (row_loss.has_value() && row_loss->defined())
+    check_vector(*row_loss, R, u_rows, "row_loss", op);
   const auto acc = accumulation_dtype(u_rows.scalar_type());
   auto prep = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
+  const at::Tensor loss = row_loss.has_value() && row_loss->defined() ? prep(*row_loss)
+                                                                        : at::Tensor();
   const at::Tensor rows = u_rows.contiguous();
   const at::Tensor cols = symmetric ? rows : u_cols.contiguous();
   const at::Tensor lse = prep(row_lse), weight = prep(row_weight);
@@ -110,11 +115,11 @@ at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
   const at::Tensor c_weight = symmetric ? weight : prep(col_weight);
 #ifdef WITH_CUDA
   if (rows.is_cuda())
-    return backward_cuda(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, row_offset,
-                         temperature, tf32.value_or(tf32_enabled()));
+    return backward_cuda(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, loss,
+                         row_offset, temperature, tf32.value_or(tf32_enabled()));
 #endif
-  return backward_cpu(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, row_offset,
-                      temperature, symmetric);
+  return backward_cpu(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, loss,
+                      row_offset, temperature, symmetric);
 }
 
 namespace {
@@ -173,8 +178,8 @@ at::Tensor bank_backward(const at::Tensor& u_rows, const at::Tensor& bank,
     const at::Tensor col_lse = at::full({K}, std::numeric_limits<double>::infinity(),
                                         lse.options());
     const at::Tensor g = backward_cuda(rows, cols, at::zeros({R}, lse.options()), lse, col_lse,
-                                       w, at::zeros({K}, w.options()), K, temperature,
-                                       tf32.value_or(tf32_enabled()));
+                                       w, at::zeros({K}, w.options()), at::Tensor(), K,
+                                       temperature, tf32.value_or(tf32_enabled()));
     return g.mul_(kNormEps * temperature);
   }
 #endif
