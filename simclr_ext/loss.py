@@ -22,13 +22,16 @@ _REDUCTIONS = ("mean", "sum", "none")
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
-def _check_inputs(z_i, z_j, temperature, reduction) -> Tuple[Tensor, float]:
-    """Validate the public arguments; return z = [view 1; view 2] and the temperature."""
+def _check_inputs(z_i, z_j, temperature, reduction,
+                  names: Tuple[str, str] = ("z_i", "z_j")) -> Tuple[Tensor, float]:
+    """Validate the public arguments; return z = [view 1; view 2] and the temperature. `names`:
+    the two views' argument names in the caller (the module's forward says out0, out1)."""
+    n0, n1 = names
     if not isinstance(z_i, Tensor):
-        raise TypeError(f"z_i must be a torch.Tensor, got {type(z_i).__name__}")
+        raise TypeError(f"{n0} must be a torch.Tensor, got {type(z_i).__name__}")
     if z_j is not None and not isinstance(z_j, Tensor):
-        raise TypeError(f"z_j must be a torch.Tensor or None, got {type(z_j).__name__}")
-    views = [("z_i", z_i)] + ([("z_j", z_j)] if z_j is not None else [])
+        raise TypeError(f"{n1} must be a torch.Tensor or None, got {type(z_j).__name__}")
+    views = [(n0, z_i)] + ([(n1, z_j)] if z_j is not None else [])
     for name, t in views:
         if t.dtype not in _DTYPES:  # float8 and friends are floating but have no kernel
             raise TypeError(
@@ -42,19 +45,19 @@ def _check_inputs(z_i, z_j, temperature, reduction) -> Tuple[Tensor, float]:
                              f"{tuple(t.shape)}")
     if z_j is not None:
         if z_i.shape != z_j.shape:
-            raise ValueError(f"z_i and z_j must have the same shape, got {tuple(z_i.shape)} and "
+            raise ValueError(f"{n0} and {n1} must have the same shape, got {tuple(z_i.shape)} and "
                              f"{tuple(z_j.shape)}")
         if z_i.device != z_j.device:
-            raise ValueError(f"z_i and z_j must be on the same device, got {z_i.device} and "
+            raise ValueError(f"{n0} and {n1} must be on the same device, got {z_i.device} and "
                              f"{z_j.device}")
         if z_i.shape[0] == 0:
-            raise ValueError("z_i and z_j must hold N >= 1 samples, got N = 0")
+            raise ValueError(f"{n0} and {n1} must hold N >= 1 samples, got N = 0")
         dtype = torch.promote_types(z_i.dtype, z_j.dtype)  # e.g. mixed under autocast
         z = torch.cat([z_i.to(dtype), z_j.to(dtype)], dim=0)
     else:
         if z_i.shape[0] == 0 or z_i.shape[0] % 2:
             raise ValueError(
-                "z (a single input) must hold 2N >= 2 rows laid out [view 1; view 2], got "
+                f"{n0} (a single input) must hold 2N >= 2 rows laid out [view 1; view 2], got "
                 f"{z_i.shape[0]} rows"
             )
         z = z_i
@@ -406,7 +409,7 @@ class NTXentLoss(nn.Module):
             self.bank_ptr.fill_(ptr + n)
 
     def _bank_loss(self, out0: Tensor, out1: Tensor) -> Tensor:
-        z, tau = _check_inputs(out0, out1, self.temperature, self.reduction)
+        z, tau = _check_inputs(out0, out1, self.temperature, self.reduction, ("out0", "out1"))
         n = out0.shape[0]
         u0 = torch.nn.functional.normalize(z[:n], dim=1)
         u1 = torch.nn.functional.normalize(z[n:], dim=1)
@@ -441,7 +444,9 @@ class NTXentLoss(nn.Module):
                                      "[view 1; view 2]")
                 out0, out1 = out0.chunk(2, dim=0)
             return self._bank_loss(out0, out1)
-        return nt_xent_loss(out0, out1, self.temperature, self.reduction, self.gather_distributed,
+        # Validated here to name the module's arguments; z = [out0; out1] goes on as one tensor.
+        z, _ = _check_inputs(out0, out1, self.temperature, self.reduction, ("out0", "out1"))
+        return nt_xent_loss(z, None, self.temperature, self.reduction, self.gather_distributed,
                             self.process_group, self.equal_batch_sizes)
 
     def extra_repr(self) -> str:

@@ -39,6 +39,16 @@ def test_lightly_positional_order_and_keyword_config(device):
         simclr_ext.NTXentLoss(0.5, 0, False, "sum")  # reduction is keyword-only
 
 
+@pytest.mark.parametrize("size", [0, (16, 4)])
+def test_module_errors_name_out0_out1(size):
+    crit = simclr_ext.NTXentLoss(0.5, size)
+    a = torch.randn(4, 4)
+    with pytest.raises(ValueError, match="out0 and out1 must have the same shape"):
+        crit(a, a[:3])
+    with pytest.raises(TypeError, match="out1 must be a torch.Tensor"):
+        crit(out0=a, out1=[1.0])
+
+
 def test_gather_distributed_without_torch_distributed_raises(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ValueError, match="gather_distributed"):
