@@ -286,8 +286,9 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
 }
 
 // General schedule: rows [R] against columns [C]; row i is column row_offset + i (excluded, and
-// so is its positive). Returns the negatives' lse [R] (-inf without negatives). With the fixed shift one exp per logit; otherwise the online log-sum-exp
-// (a running max per row, the sum rescaled when it grows).
+// so is its positive). Returns the negatives' lse [R] (-inf without negatives). With the fixed
+// shift one exp per logit; otherwise the online log-sum-exp (a running max per row, the sum
+// rescaled when it grows).
 template <typename acc_t>
 at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row_offset,
                        double temperature) {
