@@ -319,7 +319,9 @@ def test_scripts_find_the_installed_package_first_then_a_built_source_tree(tmp_p
         (tree / "python" / "_bootstrap.py").write_text((ROOT / "python" / "_bootstrap.py").read_text())
         (tree / "python" / "probe.py").write_text(probe)
         e = dict(env, PYTHONPATH=str(extra_path)) if extra_path else env
-        return subprocess.run([sys.executable, str(tree / "python" / "probe.py")], env=e,
+        # -S: no site-packages, so a simclr_ext installed in this environment (CI installs it)
+        # does not count as "installed" here; the probe's trees stand in for both cases
+        return subprocess.run([sys.executable, "-S", str(tree / "python" / "probe.py")], env=e,
                               capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
 
     # a source tree without a compiled extension, nothing installed: a clear stop
