@@ -136,6 +136,9 @@ def validate(p, args):
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.weight_decay < 0 or args.color_strength < 0 or not 0 <= args.blur_p <= 1:
         p.error("--weight-decay and --color-strength must be >= 0 and --blur-p in [0, 1]")
+    if args.color_strength > 2.5:
+        p.error(f"--color-strength must be <= 2.5 (its hue range 0.2 x strength must stay <= 0.5, "
+                f"as torchvision requires), got {args.color_strength}")
     if args.threads < 0:
         p.error(f"--threads must be >= 0, got {args.threads}")
     if args.workers < 0:
