@@ -237,7 +237,7 @@ setup(
     description="SimCLR with fused C++/CUDA kernels: NT-Xent loss, LARS, color distortion",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="BSD-3-Clause",
+    license_expression="BSD-3-Clause",  # PEP 639 (setuptools >= 77)
     license_files=["LICENSE"],
     packages=find_packages(include=["simclr_ext", "simclr_ext.*"]),
     ext_modules=[make_extension()],
