@@ -47,7 +47,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--out", type=Path, default=None,
-                    help="directory (default results/<device>/; with --compare .benchmarks/compare/)")
+                    help="directory (default results/<device>/, or .benchmarks/compare/ with "
+                         "--compare)")
     ap.add_argument("--name", default=None, help="JSON file name (default bench_<device>[_<k>].json)")
     ap.add_argument("-k", default=None, help="pytest -k expression (e.g. ntxent)")
     ap.add_argument("--compare", nargs="?", const="", default=None, metavar="RESULT.json",
