@@ -14,9 +14,18 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Import benchmarks/<name>.py without leaving benchmarks/ on sys.path: the distributed tests'
+    spawned ranks would otherwise unpickle their worker from benchmarks/conftest.py."""
+    saved_path, saved_modules = sys.path[:], set(sys.modules)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved_path
+        for added in set(sys.modules) - saved_modules:
+            if added in ("harness", "report", "conftest"):
+                del sys.modules[added]
     return module
 
 
