@@ -95,7 +95,7 @@ def resolve_cuda():
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} has no CUDA"
     if cuda_home is None:
-        return False, "no CUDA toolkit found (set CUDA_HOME, or SIMCLR_EXT_FORCE_CPU=1 to be quiet)"
+        return False, "no CUDA toolkit found (set CUDA_HOME to build the CUDA kernels)"
     return True, (f"toolkit at {cuda_home}, torch built with CUDA {torch.version.cuda}; "
                   "SIMCLR_EXT_FORCE_CPU=1 skips it")
 
@@ -122,7 +122,7 @@ def resolve_archs():
     usable = sorted({c for c in caps if c >= MIN_ARCH})
     if usable:
         archs = [f"{major}.{minor}" for major, minor in usable]
-        archs[-1] += "+PTX"  # why: lets a newer GPU JIT the kernels; PTX costs no extra compile
+        archs[-1] += "+PTX"  # why: a newer GPU can JIT it; no measurable compile cost (README)
         return ";".join(archs), "the visible GPU(s); set TORCH_CUDA_ARCH_LIST for others"
     if caps:
         older = ", ".join(f"sm_{a}{b}" for a, b in caps)
