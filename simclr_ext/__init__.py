@@ -11,7 +11,7 @@ from .augment import ColorDistortion, ColorParams, color_distort, sample_color_p
 from .loss import NTXentLoss, nt_xent_loss
 from .optim import LARS, simclr_param_groups
 
-__version__ = build_info()["version"]
+from ._version import __version__
 
 __all__ = [
     "build_info", "__version__",
