@@ -1,0 +1,134 @@
+// CPU kernel of the per-image Gaussian blur: at::parallel_for over the (image, channel) planes
+// of the images that are blurred (images with sigma 0 are only copied when the result is a new
+// tensor, and skipped in place). A plane is blurred separably: each row, reflect-padded into a
+// small buffer, is convolved along x into a plane buffer in the accumulation dtype, then each
+// output row is a weighted sum of k reflected buffer rows. Both passes are straight loops over x
+// with one weight per step, which the compiler vectorizes (docs/architecture.md section 10.3).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "blur/blur.h"
+#include "blur/blur_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SIMCLR_BLUR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SIMCLR_BLUR_CLONES
+#endif
+
+namespace simclr_ext {
+namespace blur {
+
+namespace {
+
+// acc[x] = w * src[x] and acc[x] += w * src[x], for float and double accumulation.
+SIMCLR_BLUR_CLONES void tap_first(float* __restrict acc, const float* __restrict src, float w,
+                                  int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] = src[x] * w;
+}
+SIMCLR_BLUR_CLONES void tap_add(float* __restrict acc, const float* __restrict src, float w,
+                                int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] += src[x] * w;
+}
+SIMCLR_BLUR_CLONES void tap_first(double* __restrict acc, const double* __restrict src, double w,
+                                  int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] = src[x] * w;
+}
+SIMCLR_BLUR_CLONES void tap_add(double* __restrict acc, const double* __restrict src, double w,
+                                int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] += src[x] * w;
+}
+
+struct Plane {
+  int64_t n, h, w, s_n, s_c, s_h, s_w;
+  explicit Plane(const at::Tensor& t)
+      : n(t.size(0)), h(t.size(2)), w(t.size(3)), s_n(t.stride(0)), s_c(t.stride(1)),
+        s_h(t.stride(2)), s_w(t.stride(3)) {}
+  int64_t offset(int64_t img, int64_t c) const { return img * s_n + c * s_c; }
+};
+
+template <typename scalar_t>
+void run_kernel(const at::Tensor& images, const at::Tensor& sigma, int64_t k, at::Tensor& out,
+                bool in_place) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Plane in_l(images), out_l(out);
+  const int64_t channels = images.size(1), h = in_l.h, w = in_l.w, r = k / 2;
+  const scalar_t* in = images.const_data_ptr<scalar_t>();
+  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+  const float* sig = sigma.const_data_ptr<float>();
+
+  std::vector<int64_t> blurred, copied;  // plane ids img * channels + c
+  for (int64_t img = 0; img < in_l.n; ++img) {
+    auto& list = blurs(sig[img]) ? blurred : copied;
+    if (&list == &copied && in_place) continue;
+    for (int64_t c = 0; c < channels; ++c) list.push_back(img * channels + c);
+  }
+
+  at::parallel_for(0, static_cast<int64_t>(blurred.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> weights(k), padded(w + 2 * r), plane(h * w), acc(w);
+    int64_t weights_for = -1;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t img = blurred[item] / channels, c = blurred[item] % channels;
+      if (weights_for != img) {
+        gaussian_weights<acc_t>(static_cast<acc_t>(sig[img]), static_cast<int>(k),
+                                weights.data());
+        weights_for = img;
+      }
+      const scalar_t* src = in + in_l.offset(img, c);
+      // Horizontal: the row with r reflected samples on each side, then k taps along x.
+      for (int64_t y = 0; y < h; ++y) {
+        const scalar_t* row = src + y * in_l.s_h;
+        for (int64_t x = 0; x < w; ++x) padded[r + x] = static_cast<acc_t>(row[x * in_l.s_w]);
+        for (int64_t i = 1; i <= r; ++i) {
+          padded[r - i] = padded[r + i];                  // x = -i reflects to i
+          padded[r + w - 1 + i] = padded[r + w - 1 - i];  // x = w - 1 + i reflects to w - 1 - i
+        }
+        acc_t* out_row = plane.data() + y * w;
+        tap_first(out_row, padded.data(), weights[0], w);
+        for (int64_t j = 1; j < k; ++j) tap_add(out_row, padded.data() + j, weights[j], w);
+      }
+      // Vertical: output row y is sum_j weights[j] * plane row reflect(y + j - r). In place is
+      // safe: this plane of the input has been read completely above.
+      scalar_t* o = dst + out_l.offset(img, c);
+      for (int64_t y = 0; y < h; ++y) {
+        tap_first(acc.data(), plane.data() + reflect(y - r, h) * w, weights[0], w);
+        for (int64_t j = 1; j < k; ++j) {
+          tap_add(acc.data(), plane.data() + reflect(y + j - r, h) * w, weights[j], w);
+        }
+        scalar_t* out_row = o + y * out_l.s_h;
+        for (int64_t x = 0; x < w; ++x) out_row[x * out_l.s_w] = static_cast<scalar_t>(acc[x]);
+      }
+    }
+  });
+
+  if (!copied.empty()) {
+    at::parallel_for(0, static_cast<int64_t>(copied.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t img = copied[item] / channels, c = copied[item] % channels;
+        const scalar_t* src = in + in_l.offset(img, c);
+        scalar_t* o = dst + out_l.offset(img, c);
+        for (int64_t y = 0; y < h; ++y) {
+          for (int64_t x = 0; x < w; ++x) {
+            o[y * out_l.s_h + x * out_l.s_w] = src[y * in_l.s_h + x * in_l.s_w];
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace
+
+void gaussian_blur_cpu(const at::Tensor& images, const at::Tensor& sigma, int64_t kernel_size,
+                       at::Tensor& out, bool in_place) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(),
+                                  "gaussian_blur_cpu", [&] {
+    run_kernel<scalar_t>(images, sigma, kernel_size, out, in_place);
+  });
+}
+
+}  // namespace blur
+}  // namespace simclr_ext

@@ -1,0 +1,160 @@
+// CPU kernel of the resized crop: at::parallel_for over (crop, channel) work items. Each item
+// resamples its crop separably, as ATen does (docs/architecture.md section 10.2): first along
+// the rows (horizontal pass, every source row the vertical pass needs, into a per-thread float
+// buffer of size rows x S), then along the columns, where one output row is a weighted sum of a
+// few whole buffer rows, a straight vectorizable loop. The flip and the output scale are applied
+// in the store, so every output element is written once.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "crop/crop.h"
+#include "crop/crop_math.h"
+
+// The row loops are compiled for AVX2 and the baseline ISA and picked at load time, as in
+// color_cpu.cpp, so a baseline x86-64 build still runs them 8 floats wide on AVX2 machines.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SIMCLR_CROP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SIMCLR_CROP_CLONES
+#endif
+
+namespace simclr_ext {
+namespace crop {
+
+namespace {
+
+// Spans and weights of every output index of one axis of one crop: weights of index i at
+// w[i * taps, i * taps + count[i]).
+struct AxisTable {
+  std::vector<int64_t> start;
+  std::vector<int> count;
+  std::vector<float> w;
+  int taps = 0;
+
+  void build(int64_t in_size, int64_t out_size) {
+    const Axis a = make_axis(in_size, out_size);
+    taps = a.max_taps;
+    start.resize(out_size);
+    count.resize(out_size);
+    w.resize(out_size * taps);
+    for (int64_t i = 0; i < out_size; ++i) {
+      const Span s = make_span(a, i);
+      start[i] = s.start;
+      count[i] = s.count;
+      span_weights(a, s, w.data() + i * taps);
+    }
+  }
+};
+
+// acc[x] = w * row[x] (first tap) or acc[x] += w * row[x]: the vertical pass, tap by tap in the
+// same order as ATen's per-element sum.
+SIMCLR_CROP_CLONES void row_first(float* __restrict acc, const float* __restrict row, float w,
+                                  int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] = row[x] * w;
+}
+SIMCLR_CROP_CLONES void row_add(float* __restrict acc, const float* __restrict row, float w,
+                                int64_t n) {
+  for (int64_t x = 0; x < n; ++x) acc[x] += row[x] * w;
+}
+
+// out[x] = sum_j w[x][j] * row[start[x] - first + j]: the horizontal pass of one row, whose
+// buffer starts at box column `first`.
+void resample_row(const float* __restrict row, int64_t first, const AxisTable& t, int64_t n,
+                  float* __restrict out) {
+  const int taps = t.taps;
+  for (int64_t x = 0; x < n; ++x) {
+    const float* src = row + (t.start[x] - first);
+    const float* w = t.w.data() + x * taps;
+    const int count = t.count[x];
+    float v = count > 0 ? src[0] * w[0] : 0.f;
+    for (int j = 1; j < count; ++j) v += src[j] * w[j];
+    out[x] = v;
+  }
+}
+
+template <typename in_t>
+void load_row(const in_t* src, int64_t stride, int64_t n, float* __restrict dst) {
+  if (stride == 1) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i * stride]);
+  }
+}
+
+// One output row of one channel, flipped or not, scaled, into its (strided) destination.
+void store_row(const float* acc, int64_t n, bool flip, float scale, float* dst, int64_t stride) {
+  if (!flip) {
+    for (int64_t x = 0; x < n; ++x) dst[x * stride] = acc[x] * scale;
+  } else {
+    for (int64_t x = 0; x < n; ++x) dst[(n - 1 - x) * stride] = acc[x] * scale;
+  }
+}
+
+template <typename in_t>
+void run_kernel(const std::vector<SourceImage>& sources, int64_t channels,
+                const at::Tensor& boxes, const at::Tensor& flip, float out_scale,
+                at::Tensor& out) {
+  const int64_t n_crops = out.size(0), size = out.size(2);
+  const int64_t batch = static_cast<int64_t>(sources.size());
+  const int64_t* box_ptr = boxes.const_data_ptr<int64_t>();
+  const bool* flip_ptr = flip.defined() ? flip.const_data_ptr<bool>() : nullptr;
+  float* out_ptr = out.mutable_data_ptr<float>();
+  const int64_t o_n = out.stride(0), o_c = out.stride(1), o_h = out.stride(2), o_w = out.stride(3);
+
+  at::parallel_for(0, n_crops * channels, 1, [&](int64_t begin, int64_t end) {
+    AxisTable tx, ty;
+    std::vector<float> row, rows, acc(size);
+    int64_t built_for = -1;  // the crop whose tables tx / ty hold (items of a crop are adjacent)
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / channels, c = item % channels;
+      const SourceImage& s = sources[n % batch];
+      const Box box{box_ptr[4 * n], box_ptr[4 * n + 1], box_ptr[4 * n + 2], box_ptr[4 * n + 3]};
+      if (built_for != n) {
+        tx.build(box.width, size);
+        ty.build(box.height, size);
+        built_for = n;
+      }
+      // Source columns and rows the passes read, relative to the box.
+      const int64_t x_lo = tx.start[0], x_hi = tx.start[size - 1] + tx.count[size - 1];
+      const int64_t y_lo = ty.start[0], y_hi = ty.start[size - 1] + ty.count[size - 1];
+      row.resize(x_hi - x_lo);
+      rows.resize((y_hi - y_lo) * size);
+      const in_t* plane = static_cast<const in_t*>(s.data) + c * s.stride_c +
+                          box.top * s.stride_h + box.left * s.stride_w;
+      for (int64_t r = y_lo; r < y_hi; ++r) {
+        load_row(plane + r * s.stride_h + x_lo * s.stride_w, s.stride_w, x_hi - x_lo, row.data());
+        resample_row(row.data(), x_lo, tx, size, rows.data() + (r - y_lo) * size);
+      }
+      const bool mirrored = flip_ptr != nullptr && flip_ptr[n];
+      float* dst = out_ptr + n * o_n + c * o_c;
+      for (int64_t y = 0; y < size; ++y) {
+        const float* w = ty.w.data() + y * ty.taps;
+        const float* first = rows.data() + (ty.start[y] - y_lo) * size;
+        const int count = ty.count[y];
+        if (count == 0) {
+          std::fill(acc.begin(), acc.end(), 0.f);
+        } else {
+          row_first(acc.data(), first, w[0], size);
+          for (int j = 1; j < count; ++j) row_add(acc.data(), first + j * size, w[j], size);
+        }
+        store_row(acc.data(), size, mirrored, out_scale, dst + y * o_h, o_w);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void resized_crop_cpu(const std::vector<SourceImage>& sources, at::ScalarType dtype,
+                      int64_t channels, const at::Tensor& boxes, const at::Tensor& flip,
+                      float out_scale, at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, dtype, "resized_crop_cpu",
+                                  [&] {
+    run_kernel<scalar_t>(sources, channels, boxes, flip, out_scale, out);
+  });
+}
+
+}  // namespace crop
+}  // namespace simclr_ext
