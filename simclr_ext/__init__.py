@@ -1,13 +1,16 @@
 """simclr_ext: SimCLR with fused C++/CUDA kernels.
 
 Public API: NTXentLoss / nt_xent_loss (fused NT-Xent), LARS (fused multi-tensor LARS),
-ColorDistortion / color_distort (per-sample SimCLR color distortion), build_info().
+ColorDistortion / color_distort (per-sample SimCLR color distortion), SimCLRAugment /
+resized_crop / gaussian_blur (the whole SimCLR augmentation, per view), build_info().
 """
 from ._extension import build_info
 from . import _ops as ops
 from .augment import ColorDistortion, ColorParams, color_distort, sample_color_params
 from .loss import NTXentLoss, nt_xent_loss
 from .optim import LARS
+from .pipeline import (SimCLRAugment, SimCLRParams, gaussian_blur, gaussian_blur_, resized_crop,
+                       sample_crop_boxes)
 
 __version__ = build_info()["version"]
 
@@ -16,4 +19,6 @@ __all__ = [
     "NTXentLoss", "nt_xent_loss",
     "LARS",
     "ColorDistortion", "ColorParams", "color_distort", "sample_color_params",
+    "SimCLRAugment", "SimCLRParams", "resized_crop", "gaussian_blur", "gaussian_blur_",
+    "sample_crop_boxes",
 ]
