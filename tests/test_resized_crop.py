@@ -160,6 +160,17 @@ def test_single_channel_and_many_channels(device, gen):
                                    atol=ATOL_FLOAT, rtol=0)
 
 
+def test_uint8_path_equals_float_path_bitwise(gen):
+    # uint8 sources take a fixed-tap horizontal loop (zero weights past each span); float
+    # sources the exact-count loop. For finite samples the two are the same sums.
+    images = random_images(12, 3, 300, 260, torch.uint8, gen)
+    boxes = random_boxes([(300, 260)] * 12, gen)
+    for size in (7, 64, 224):  # 7 downscales by up to ~40x: beyond the fixed-tap cases
+        a = simclr_ext.resized_crop(images, boxes, size)
+        b = simclr_ext.resized_crop(images.float(), boxes, size)
+        assert torch.equal(a, b), size
+
+
 def test_deterministic(gen):
     images = random_images(16, 3, 64, 48, torch.uint8, gen)
     boxes = random_boxes([(64, 48)] * 16, gen)

@@ -12,35 +12,12 @@
 
 #include "blur/blur.h"
 #include "blur/blur_math.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SIMCLR_BLUR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SIMCLR_BLUR_CLONES
-#endif
+#include "crop/weighted_rows_cpu.h"
 
 namespace simclr_ext {
 namespace blur {
 
 namespace {
-
-// acc[x] = w * src[x] and acc[x] += w * src[x], for float and double accumulation.
-SIMCLR_BLUR_CLONES void tap_first(float* __restrict acc, const float* __restrict src, float w,
-                                  int64_t n) {
-  for (int64_t x = 0; x < n; ++x) acc[x] = src[x] * w;
-}
-SIMCLR_BLUR_CLONES void tap_add(float* __restrict acc, const float* __restrict src, float w,
-                                int64_t n) {
-  for (int64_t x = 0; x < n; ++x) acc[x] += src[x] * w;
-}
-SIMCLR_BLUR_CLONES void tap_first(double* __restrict acc, const double* __restrict src, double w,
-                                  int64_t n) {
-  for (int64_t x = 0; x < n; ++x) acc[x] = src[x] * w;
-}
-SIMCLR_BLUR_CLONES void tap_add(double* __restrict acc, const double* __restrict src, double w,
-                                int64_t n) {
-  for (int64_t x = 0; x < n; ++x) acc[x] += src[x] * w;
-}
 
 struct Plane {
   int64_t n, h, w, s_n, s_c, s_h, s_w;
@@ -69,6 +46,7 @@ void run_kernel(const at::Tensor& images, const at::Tensor& sigma, int64_t k, at
 
   at::parallel_for(0, static_cast<int64_t>(blurred.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> weights(k), padded(w + 2 * r), plane(h * w), acc(w);
+    std::vector<const acc_t*> taps(k);
     int64_t weights_for = -1;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t img = blurred[item] / channels, c = blurred[item] % channels;
@@ -86,18 +64,15 @@ void run_kernel(const at::Tensor& images, const at::Tensor& sigma, int64_t k, at
           padded[r - i] = padded[r + i];                  // x = -i reflects to i
           padded[r + w - 1 + i] = padded[r + w - 1 - i];  // x = w - 1 + i reflects to w - 1 - i
         }
-        acc_t* out_row = plane.data() + y * w;
-        tap_first(out_row, padded.data(), weights[0], w);
-        for (int64_t j = 1; j < k; ++j) tap_add(out_row, padded.data() + j, weights[j], w);
+        for (int64_t j = 0; j < k; ++j) taps[j] = padded.data() + j;
+        weighted_rows(plane.data() + y * w, taps.data(), weights.data(), static_cast<int>(k), w);
       }
       // Vertical: output row y is sum_j weights[j] * plane row reflect(y + j - r). In place is
       // safe: this plane of the input has been read completely above.
       scalar_t* o = dst + out_l.offset(img, c);
       for (int64_t y = 0; y < h; ++y) {
-        tap_first(acc.data(), plane.data() + reflect(y - r, h) * w, weights[0], w);
-        for (int64_t j = 1; j < k; ++j) {
-          tap_add(acc.data(), plane.data() + reflect(y + j - r, h) * w, weights[j], w);
-        }
+        for (int64_t j = 0; j < k; ++j) taps[j] = plane.data() + reflect(y + j - r, h) * w;
+        weighted_rows(acc.data(), taps.data(), weights.data(), static_cast<int>(k), w);
         scalar_t* out_row = o + y * out_l.s_h;
         for (int64_t x = 0; x < w; ++x) out_row[x * out_l.s_w] = static_cast<scalar_t>(acc[x]);
       }

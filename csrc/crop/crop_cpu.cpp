@@ -7,18 +7,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "crop/crop.h"
 #include "crop/crop_math.h"
-
-// The row loops are compiled for AVX2 and the baseline ISA and picked at load time, as in
-// color_cpu.cpp, so a baseline x86-64 build still runs them 8 floats wide on AVX2 machines.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SIMCLR_CROP_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SIMCLR_CROP_CLONES
-#endif
+#include "crop/weighted_rows_cpu.h"
 
 namespace simclr_ext {
 namespace crop {
@@ -38,7 +32,7 @@ struct AxisTable {
     taps = a.max_taps;
     start.resize(out_size);
     count.resize(out_size);
-    w.resize(out_size * taps);
+    w.assign(out_size * taps, 0.f);  // zero past each span's count (the fixed-tap path reads them)
     for (int64_t i = 0; i < out_size; ++i) {
       const Span s = make_span(a, i);
       start[i] = s.start;
@@ -47,17 +41,6 @@ struct AxisTable {
     }
   }
 };
-
-// acc[x] = w * row[x] (first tap) or acc[x] += w * row[x]: the vertical pass, tap by tap in the
-// same order as ATen's per-element sum.
-SIMCLR_CROP_CLONES void row_first(float* __restrict acc, const float* __restrict row, float w,
-                                  int64_t n) {
-  for (int64_t x = 0; x < n; ++x) acc[x] = row[x] * w;
-}
-SIMCLR_CROP_CLONES void row_add(float* __restrict acc, const float* __restrict row, float w,
-                                int64_t n) {
-  for (int64_t x = 0; x < n; ++x) acc[x] += row[x] * w;
-}
 
 // out[x] = sum_j w[x][j] * row[start[x] - first + j]: the horizontal pass of one row, whose
 // buffer starts at box column `first`.
@@ -72,6 +55,35 @@ void resample_row(const float* __restrict row, int64_t first, const AxisTable& t
     for (int j = 1; j < count; ++j) v += src[j] * w[j];
     out[x] = v;
   }
+}
+
+// The same with a fixed tap count K = t.taps (weights past a span's count are 0, and the row
+// buffer holds K - 1 zeros past its end): no per-pixel trip count. Exact only for finite
+// samples (0 * inf is NaN), so it serves uint8 sources; the result is bitwise the same.
+template <int K>
+void resample_row_fixed(const float* __restrict row, int64_t first, const AxisTable& t, int64_t n,
+                        float* __restrict out) {
+  for (int64_t x = 0; x < n; ++x) {
+    const float* src = row + (t.start[x] - first);
+    const float* w = t.w.data() + x * K;
+    float v = src[0] * w[0];
+    for (int j = 1; j < K; ++j) v += src[j] * w[j];
+    out[x] = v;
+  }
+}
+
+template <typename in_t>
+void resample_row_any(const float* row, int64_t first, const AxisTable& t, int64_t n,
+                      float* out) {
+  if (std::is_same<in_t, uint8_t>::value) {
+    switch (t.taps) {
+      case 3: return resample_row_fixed<3>(row, first, t, n, out);
+      case 5: return resample_row_fixed<5>(row, first, t, n, out);
+      case 7: return resample_row_fixed<7>(row, first, t, n, out);
+      default: break;
+    }
+  }
+  resample_row(row, first, t, n, out);
 }
 
 template <typename in_t>
@@ -106,6 +118,7 @@ void run_kernel(const std::vector<SourceImage>& sources, int64_t channels,
   at::parallel_for(0, n_crops * channels, 1, [&](int64_t begin, int64_t end) {
     AxisTable tx, ty;
     std::vector<float> row, rows, acc(size);
+    std::vector<const float*> taps;
     int64_t built_for = -1;  // the crop whose tables tx / ty hold (items of a crop are adjacent)
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / channels, c = item % channels;
@@ -119,25 +132,24 @@ void run_kernel(const std::vector<SourceImage>& sources, int64_t channels,
       // Source columns and rows the passes read, relative to the box.
       const int64_t x_lo = tx.start[0], x_hi = tx.start[size - 1] + tx.count[size - 1];
       const int64_t y_lo = ty.start[0], y_hi = ty.start[size - 1] + ty.count[size - 1];
-      row.resize(x_hi - x_lo);
+      row.assign(x_hi - x_lo + tx.taps, 0.f);  // zero tail for the fixed-tap path
       rows.resize((y_hi - y_lo) * size);
       const in_t* plane = static_cast<const in_t*>(s.data) + c * s.stride_c +
                           box.top * s.stride_h + box.left * s.stride_w;
       for (int64_t r = y_lo; r < y_hi; ++r) {
         load_row(plane + r * s.stride_h + x_lo * s.stride_w, s.stride_w, x_hi - x_lo, row.data());
-        resample_row(row.data(), x_lo, tx, size, rows.data() + (r - y_lo) * size);
+        resample_row_any<in_t>(row.data(), x_lo, tx, size, rows.data() + (r - y_lo) * size);
       }
       const bool mirrored = flip_ptr != nullptr && flip_ptr[n];
       float* dst = out_ptr + n * o_n + c * o_c;
       for (int64_t y = 0; y < size; ++y) {
-        const float* w = ty.w.data() + y * ty.taps;
-        const float* first = rows.data() + (ty.start[y] - y_lo) * size;
         const int count = ty.count[y];
+        taps.resize(count);
+        for (int j = 0; j < count; ++j) taps[j] = rows.data() + (ty.start[y] - y_lo + j) * size;
         if (count == 0) {
           std::fill(acc.begin(), acc.end(), 0.f);
         } else {
-          row_first(acc.data(), first, w[0], size);
-          for (int j = 1; j < count; ++j) row_add(acc.data(), first + j * size, w[j], size);
+          weighted_rows(acc.data(), taps.data(), ty.w.data() + y * ty.taps, count, size);
         }
         store_row(acc.data(), size, mirrored, out_scale, dst + y * o_h, o_w);
       }
