@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "augment/augment.h"
 #include "blur/blur.h"
 #include "color/color.h"
 #include "crop/crop.h"
@@ -84,6 +85,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("gaussian_blur", &simclr_ext::blur::gaussian_blur, pybind11::arg("images"),
         pybind11::arg("sigma"), pybind11::arg("kernel_size"), pybind11::arg("out"),
         "Per-image separable Gaussian blur into out (may be images: in place); sigma 0 = none");
+
+  // SimCLR's whole view pipeline fused per view on the CPU (csrc/augment): see augment.h.
+  m.def("simclr_views", &simclr_ext::augment::views, pybind11::arg("images"),
+        pybind11::arg("boxes"), pybind11::arg("flip"), pybind11::arg("factors"),
+        pybind11::arg("order"), pybind11::arg("apply_jitter"), pybind11::arg("apply_gray"),
+        pybind11::arg("sigma"), pybind11::arg("kernel_size"), pybind11::arg("out_scale"),
+        pybind11::arg("mean"), pybind11::arg("std"), pybind11::arg("out"),
+        "Crop + flip, color + gray, blur, normalization of every view of a CPU batch into out");
+  m.def("simclr_views_list", &simclr_ext::augment::views_list, pybind11::arg("images"),
+        pybind11::arg("boxes"), pybind11::arg("flip"), pybind11::arg("factors"),
+        pybind11::arg("order"), pybind11::arg("apply_jitter"), pybind11::arg("apply_gray"),
+        pybind11::arg("sigma"), pybind11::arg("kernel_size"), pybind11::arg("out_scale"),
+        pybind11::arg("mean"), pybind11::arg("std"), pybind11::arg("out"),
+        "simclr_views for a list of [3, H_i, W_i] CPU images");
 
   // LARS (csrc/lars): one fused step for a bucket of tensors on one device with one dtype; the
   // per-tensor hyperparameters are host scalars (see lars.h).

@@ -24,8 +24,9 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from . import _ops
 from ._extension import _C
-from .augment import ColorParams, color_distort, sample_color_params
+from .augment import ColorParams, sample_color_params
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,6 +93,70 @@ def _gaussian_blur_inplace_op(images: Tensor, sigma: Tensor, kernel_size: int) -
 def _(images, sigma, kernel_size):
     torch._check(images.dim() == 4, lambda: f"images must be 4-d, got {tuple(images.shape)}")
     return None
+
+
+def _views_impl(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size,
+                kernel_size, out_scale, mean, std, out_dtype, channels_last):
+    """The views of SimCLRAugment.apply. CPU: one fused pass per view (csrc/augment: the view
+    stays in the cache from its crop to its store). CUDA: three kernels, the crop (float32
+    views), the color kernel (normalized, in out_dtype and layout), the blur in place on the
+    blurred views. kernel_size 0: no blur."""
+    is_list = not isinstance(images, Tensor)
+    device = images[0].device if is_list else images.device
+    if device.type == "cpu":
+        out = _crop_out(boxes.shape[0], 3, size, device, channels_last).to(out_dtype)
+        fn = _C.simclr_views_list if is_list else _C.simclr_views
+        return fn(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma,
+                  max(kernel_size, 1), out_scale, list(mean or []), list(std or []), out)
+    crop = _C.resized_crop_list if is_list else _C.resized_crop
+    x = crop(images, boxes, flip, size, out_scale, channels_last)
+    # Normalization before the blur: (x - m) / s is affine per channel and the blur's weights
+    # sum to 1 with reflect padding, so the two commute.
+    y = _ops.color_distort(x, factors, order, apply_jitter, apply_gray, out_dtype, mean, std)
+    if kernel_size > 0:
+        _C.gaussian_blur(y, sigma, kernel_size, y)
+    return y
+
+
+def _views_fake(images0, boxes, size, out_dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((boxes.shape[0], 3, size, size), dtype=out_dtype, device=images0.device,
+                       memory_format=fmt)
+
+
+@torch.library.custom_op("simclr_ext::simclr_views", mutates_args=())
+def _views_op(images: Tensor, boxes: Tensor, flip: Tensor, factors: Tensor, order: Tensor,
+              apply_jitter: Tensor, apply_gray: Tensor, sigma: Tensor, size: int,
+              kernel_size: int, out_scale: float, mean: Optional[List[float]],
+              std: Optional[List[float]], out_dtype: torch.dtype, channels_last: bool) -> Tensor:
+    """All views [V, 3, size, size] of a [B, 3, H, W] batch (view v from image v % B)."""
+    return _views_impl(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size,
+                       kernel_size, out_scale, mean, std, out_dtype, channels_last)
+
+
+@_views_op.register_fake
+def _(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size, kernel_size,
+      out_scale, mean, std, out_dtype, channels_last):
+    torch._check(images.dim() == 4 and images.shape[1] == 3, lambda: "images must be [B, 3, H, W]")
+    return _views_fake(images, boxes, size, out_dtype, channels_last)
+
+
+@torch.library.custom_op("simclr_ext::simclr_views_list", mutates_args=())
+def _views_list_op(images: List[Tensor], boxes: Tensor, flip: Tensor, factors: Tensor,
+                   order: Tensor, apply_jitter: Tensor, apply_gray: Tensor, sigma: Tensor,
+                   size: int, kernel_size: int, out_scale: float, mean: Optional[List[float]],
+                   std: Optional[List[float]], out_dtype: torch.dtype,
+                   channels_last: bool) -> Tensor:
+    """All views of a list of [3, H_i, W_i] images."""
+    return _views_impl(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size,
+                       kernel_size, out_scale, mean, std, out_dtype, channels_last)
+
+
+@_views_list_op.register_fake
+def _(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size, kernel_size,
+      out_scale, mean, std, out_dtype, channels_last):
+    torch._check(len(images) > 0, lambda: "images must be a non-empty list")
+    return _views_fake(images[0], boxes, size, out_dtype, channels_last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,9 +441,10 @@ class SimCLRAugment(nn.Module):
     sample(images) returns the parameters (SimCLRParams) and apply(images, params) applies
     them, so a view can be reproduced exactly.
 
-    Passes over the pixels: the crop (reads the source, writes float32 views), the color kernel
-    (one extra read for the views whose contrast changes; writes the result in out_dtype and
-    layout, normalized), the blur in place on the blurred views only.
+    Passes over the pixels: on the CPU one per view (the view stays in a per-thread buffer from
+    its crop to its store); on CUDA three kernels: the crop (writes float32 views), the color
+    kernel (one extra read for the views whose contrast changes; writes the result in out_dtype
+    and layout, normalized), the blur in place on the blurred views only.
     """
 
     def __init__(self, image_size: int, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
@@ -475,21 +541,19 @@ class SimCLRAugment(nn.Module):
                              f"{params.boxes.device}")
         if device.type == "cpu" and not torch.compiler.is_compiling():
             _check_box_values(images, params.boxes)
-        # uint8 0..255 -> the color kernel's [0, 1] floats, folded into the crop's store.
+        color = params.color
+        if tuple(color.factors.shape) != (views, 4) or tuple(params.sigma.shape) != (views,):
+            raise ValueError(f"params.color and params.sigma must have {views} rows")
+        # uint8 0..255 -> the color math's [0, 1] floats, folded into the crop's store.
         out_scale = 1.0 / 255.0 if dtype == torch.uint8 else 1.0
+        args = (params.boxes, params.flip, color.factors.to(torch.float32),
+                color.order.to(torch.int64), color.apply_jitter, color.apply_gray,
+                params.sigma.to(torch.float32), self.image_size,
+                self.blur_kernel if self.blur_p > 0 else 0, out_scale, self.mean, self.std,
+                self.out_dtype, self.channels_last)
         if isinstance(images, Tensor):
-            x = _resized_crop_op(images, params.boxes, params.flip, self.image_size, out_scale,
-                                 self.channels_last)
-        else:
-            x = _resized_crop_list_op(list(images), params.boxes, params.flip, self.image_size,
-                                      out_scale, self.channels_last)
-        # Normalization before the blur: (x - m) / s is affine per channel and the blur's
-        # weights sum to 1 with reflect padding, so the two commute.
-        y = color_distort(x, *params.color, out_dtype=self.out_dtype, mean=self.mean,
-                          std=self.std)
-        if self.blur_p > 0:
-            _gaussian_blur_inplace_op(y, params.sigma.to(torch.float32), self.blur_kernel)
-        return y
+            return _views_op(images, *args)
+        return _views_list_op(list(images), *args)
 
     def forward(self, images) -> Tensor:
         return self.apply(images, self.sample(images))

@@ -10,6 +10,7 @@ import torch
 from torchvision import transforms as T
 
 import simclr_ext
+from simclr_ext import pipeline
 from simclr_ext import reference as ref
 from simclr_ext.pipeline import SimCLRParams
 
@@ -84,6 +85,41 @@ def test_crop_only_composition(device):
     out = aug.apply(images, params)
     crop = simclr_ext.resized_crop(images, params.boxes, 16, params.flip)
     torch.testing.assert_close(out, crop / 255, atol=1e-6, rtol=0)
+
+
+def three_kernel_chain(images, params, aug):
+    """SimCLRAugment's CUDA data path (crop, color, blur in place) run op by op."""
+    x = pipeline._resized_crop_op(images, params.boxes, params.flip, aug.image_size, 1 / 255,
+                                  aug.channels_last)
+    y = simclr_ext.color_distort(x, *params.color, out_dtype=aug.out_dtype, mean=aug.mean,
+                                 std=aug.std)
+    return simclr_ext.gaussian_blur_(y, params.sigma, aug.blur_kernel)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_fused_views_equal_three_kernel_chain(channels_last):
+    # On the CPU a view goes from crop to store in one per-thread buffer (blur before the
+    # normalization, torchvision's order); the chain normalizes first. Same views to rounding.
+    images = uint8_images(16, 50, 41, "cpu", seed=9)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    aug = make(28, "cpu", seed=10, channels_last=channels_last)
+    params = aug.sample(images)
+    out = aug.apply(images, params)
+    chain = three_kernel_chain(images, params, aug)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(out, chain, atol=1e-5, rtol=0)
+
+
+def test_views_ops_opcheck(device):
+    images = uint8_images(2, 20, 18, device)
+    aug = make(12, device, seed=17)
+    p = aug.sample(images)
+    c = p.color
+    args = (p.boxes, p.flip, c.factors, c.order, c.apply_jitter, c.apply_gray, p.sigma, 12,
+            aug.blur_kernel, 1 / 255, list(aug.mean), list(aug.std), torch.float32, False)
+    torch.library.opcheck(pipeline._views_op, (images,) + args)
+    torch.library.opcheck(pipeline._views_list_op, ([images[0], images[1, :, 2:]],) + args)
 
 
 def test_uint8_and_unit_float_inputs_agree(device):
@@ -252,3 +288,9 @@ def test_call_errors():
                   params._replace(boxes=params.boxes + 20))
     with pytest.raises(TypeError, match="params must be SimCLRParams"):
         aug.apply(images, tuple(params))
+    # hand-made parameters are checked on the CPU by the fused entry
+    bad_order = params.color._replace(order=torch.zeros(4, 4, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match=r"order\[0\] must be a permutation"):
+        aug.apply(images, params._replace(color=bad_order))
+    with pytest.raises(RuntimeError, match=r"sigma\[1\] must be finite and >= 0"):
+        aug.apply(images, params._replace(sigma=torch.tensor([0.0, -1.0, 0.0, 0.0])))

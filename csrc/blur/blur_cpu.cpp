@@ -1,9 +1,7 @@
 // CPU kernel of the per-image Gaussian blur: at::parallel_for over the (image, channel) planes
 // of the images that are blurred (images with sigma 0 are only copied when the result is a new
-// tensor, and skipped in place). A plane is blurred separably: each row, reflect-padded into a
-// small buffer, is convolved along x into a plane buffer in the accumulation dtype, then each
-// output row is a weighted sum of k reflected buffer rows. Both passes are straight loops over x
-// with one weight per step, which the compiler vectorizes (docs/architecture.md section 10.3).
+// tensor, and skipped in place). A plane is blurred separably by blur_cpu.h's CpuBlurrer
+// (docs/architecture.md section 10.3).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -11,8 +9,7 @@
 #include <vector>
 
 #include "blur/blur.h"
-#include "blur/blur_math.h"
-#include "crop/weighted_rows_cpu.h"
+#include "blur/blur_cpu.h"
 
 namespace simclr_ext {
 namespace blur {
@@ -32,7 +29,7 @@ void run_kernel(const at::Tensor& images, const at::Tensor& sigma, int64_t k, at
                 bool in_place) {
   using acc_t = at::opmath_type<scalar_t>;
   const Plane in_l(images), out_l(out);
-  const int64_t channels = images.size(1), h = in_l.h, w = in_l.w, r = k / 2;
+  const int64_t channels = images.size(1), h = in_l.h, w = in_l.w;
   const scalar_t* in = images.const_data_ptr<scalar_t>();
   scalar_t* dst = out.mutable_data_ptr<scalar_t>();
   const float* sig = sigma.const_data_ptr<float>();
@@ -45,37 +42,12 @@ void run_kernel(const at::Tensor& images, const at::Tensor& sigma, int64_t k, at
   }
 
   at::parallel_for(0, static_cast<int64_t>(blurred.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> weights(k), padded(w + 2 * r), plane(h * w), acc(w);
-    std::vector<const acc_t*> taps(k);
-    int64_t weights_for = -1;
+    CpuBlurrer<acc_t> blurrer;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t img = blurred[item] / channels, c = blurred[item] % channels;
-      if (weights_for != img) {
-        gaussian_weights<acc_t>(static_cast<acc_t>(sig[img]), static_cast<int>(k),
-                                weights.data());
-        weights_for = img;
-      }
-      const scalar_t* src = in + in_l.offset(img, c);
-      // Horizontal: the row with r reflected samples on each side, then k taps along x.
-      for (int64_t y = 0; y < h; ++y) {
-        const scalar_t* row = src + y * in_l.s_h;
-        for (int64_t x = 0; x < w; ++x) padded[r + x] = static_cast<acc_t>(row[x * in_l.s_w]);
-        for (int64_t i = 1; i <= r; ++i) {
-          padded[r - i] = padded[r + i];                  // x = -i reflects to i
-          padded[r + w - 1 + i] = padded[r + w - 1 - i];  // x = w - 1 + i reflects to w - 1 - i
-        }
-        for (int64_t j = 0; j < k; ++j) taps[j] = padded.data() + j;
-        weighted_rows(plane.data() + y * w, taps.data(), weights.data(), static_cast<int>(k), w);
-      }
-      // Vertical: output row y is sum_j weights[j] * plane row reflect(y + j - r). In place is
-      // safe: this plane of the input has been read completely above.
-      scalar_t* o = dst + out_l.offset(img, c);
-      for (int64_t y = 0; y < h; ++y) {
-        for (int64_t j = 0; j < k; ++j) taps[j] = plane.data() + reflect(y + j - r, h) * w;
-        weighted_rows(acc.data(), taps.data(), weights.data(), static_cast<int>(k), w);
-        scalar_t* out_row = o + y * out_l.s_h;
-        for (int64_t x = 0; x < w; ++x) out_row[x * out_l.s_w] = static_cast<scalar_t>(acc[x]);
-      }
+      blurrer.set_sigma(img, static_cast<acc_t>(sig[img]), static_cast<int>(k));
+      blurrer.run(in + in_l.offset(img, c), in_l.s_h, in_l.s_w, dst + out_l.offset(img, c),
+                  out_l.s_h, out_l.s_w, h, w);
     }
   });
 

@@ -18,6 +18,35 @@ SourceImage describe(const at::Tensor& img) {  // img: [C, H, W]
                      img.stride(0),        img.stride(1), img.stride(2)};
 }
 
+at::Tensor run(const std::vector<SourceImage>& sources, int64_t batch_stride,
+               at::ScalarType dtype, int64_t channels, const at::Device& device,
+               const at::Tensor& boxes, const c10::optional<at::Tensor>& flip_opt, int64_t size,
+               double out_scale, bool channels_last) {
+  const at::Tensor flip = flip_opt.has_value() ? *flip_opt : at::Tensor();
+  check_boxes_and_flip(boxes, flip, static_cast<int64_t>(sources.size()), device);
+  TORCH_CHECK(size >= 1, "size must be >= 1, got ", size);
+  TORCH_CHECK(std::isfinite(out_scale), "out_scale must be finite, got ", out_scale);
+  const int64_t n = boxes.size(0);
+  at::Tensor out = at::empty(
+      {n, channels, size, size}, at::TensorOptions().dtype(at::kFloat).device(device),
+      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out;
+  const at::Tensor b = boxes.contiguous();
+  const at::Tensor f = flip.defined() ? flip.contiguous() : flip;
+  if (device.is_cuda()) {
+#ifdef WITH_CUDA
+    resized_crop_cuda(sources, batch_stride, dtype, channels, b, f, static_cast<float>(out_scale),
+                      out);
+#endif
+  } else {
+    check_box_values(b, sources);
+    resized_crop_cpu(sources, dtype, channels, b, f, static_cast<float>(out_scale), out);
+  }
+  return out;
+}
+
+}  // namespace
+
 void check_boxes_and_flip(const at::Tensor& boxes, const at::Tensor& flip, int64_t batch,
                           const at::Device& device) {
   SIMCLR_CHECK_DEFINED(boxes);
@@ -55,40 +84,9 @@ void check_box_values(const at::Tensor& boxes, const std::vector<SourceImage>& s
   }
 }
 
-at::Tensor run(const std::vector<SourceImage>& sources, int64_t batch_stride,
-               at::ScalarType dtype, int64_t channels, const at::Device& device,
-               const at::Tensor& boxes, const c10::optional<at::Tensor>& flip_opt, int64_t size,
-               double out_scale, bool channels_last) {
-  const at::Tensor flip = flip_opt.has_value() ? *flip_opt : at::Tensor();
-  check_boxes_and_flip(boxes, flip, static_cast<int64_t>(sources.size()), device);
-  TORCH_CHECK(size >= 1, "size must be >= 1, got ", size);
-  TORCH_CHECK(std::isfinite(out_scale), "out_scale must be finite, got ", out_scale);
-  const int64_t n = boxes.size(0);
-  at::Tensor out = at::empty(
-      {n, channels, size, size}, at::TensorOptions().dtype(at::kFloat).device(device),
-      channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) return out;
-  const at::Tensor b = boxes.contiguous();
-  const at::Tensor f = flip.defined() ? flip.contiguous() : flip;
-  if (device.is_cuda()) {
-#ifdef WITH_CUDA
-    resized_crop_cuda(sources, batch_stride, dtype, channels, b, f, static_cast<float>(out_scale),
-                      out);
-#endif
-  } else {
-    check_box_values(b, sources);
-    resized_crop_cpu(sources, dtype, channels, b, f, static_cast<float>(out_scale), out);
-  }
-  return out;
-}
-
-}  // namespace
-
-at::Tensor resized_crop(const at::Tensor& images, const at::Tensor& boxes,
-                        const c10::optional<at::Tensor>& flip, int64_t size, double out_scale,
-                        bool channels_last) {
+std::vector<SourceImage> batch_sources(const at::Tensor& images, const char* op) {
   SIMCLR_CHECK_DEFINED(images);
-  check_backend_available(images, "resized_crop");
+  check_backend_available(images, op);
   TORCH_CHECK(images.dim() == 4, "images must be a 4-d batch [B, C, H, W], got shape ",
               images.sizes());
   TORCH_CHECK(supported_dtype(images.scalar_type()),
@@ -107,17 +105,14 @@ at::Tensor resized_crop(const at::Tensor& images, const at::Tensor& boxes,
                   images.stride(1), images.stride(2), images.stride(3)};
     sources.push_back(s);
   }
-  return run(sources, images.stride(0), images.scalar_type(), images.size(1), images.device(),
-             boxes, flip, size, out_scale, channels_last);
+  return sources;
 }
 
-at::Tensor resized_crop_list(const std::vector<at::Tensor>& images, const at::Tensor& boxes,
-                             const c10::optional<at::Tensor>& flip, int64_t size,
-                             double out_scale, bool channels_last) {
+std::vector<SourceImage> list_sources(const std::vector<at::Tensor>& images, const char* op) {
   TORCH_CHECK(!images.empty(), "images must be a non-empty list of [C, H, W] tensors");
   const at::Tensor& first = images[0];
   SIMCLR_CHECK_DEFINED(first);
-  check_backend_available(first, "resized_crop");
+  check_backend_available(first, op);
   TORCH_CHECK(supported_dtype(first.scalar_type()),
               "images must be uint8 or floating (float32, float64, bfloat16, float16), got ",
               first.scalar_type());
@@ -136,8 +131,23 @@ at::Tensor resized_crop_list(const std::vector<at::Tensor>& images, const at::Te
                 " (all need the same number, at least 1)");
     sources.push_back(describe(img));
   }
-  return run(sources, -1, first.scalar_type(), first.size(0), first.device(), boxes, flip, size,
-             out_scale, channels_last);
+  return sources;
+}
+
+at::Tensor resized_crop(const at::Tensor& images, const at::Tensor& boxes,
+                        const c10::optional<at::Tensor>& flip, int64_t size, double out_scale,
+                        bool channels_last) {
+  const std::vector<SourceImage> sources = batch_sources(images, "resized_crop");
+  return run(sources, images.stride(0), images.scalar_type(), images.size(1), images.device(),
+             boxes, flip, size, out_scale, channels_last);
+}
+
+at::Tensor resized_crop_list(const std::vector<at::Tensor>& images, const at::Tensor& boxes,
+                             const c10::optional<at::Tensor>& flip, int64_t size,
+                             double out_scale, bool channels_last) {
+  const std::vector<SourceImage> sources = list_sources(images, "resized_crop");
+  return run(sources, -1, images[0].scalar_type(), images[0].size(0), images[0].device(), boxes,
+             flip, size, out_scale, channels_last);
 }
 
 at::Tensor image_sizes(const std::vector<at::Tensor>& images, bool pin_memory) {

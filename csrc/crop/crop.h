@@ -30,6 +30,18 @@ at::Tensor resized_crop_list(const std::vector<at::Tensor>& images, const at::Te
                              const c10::optional<at::Tensor>& flip, int64_t size,
                              double out_scale, bool channels_last);
 
+// Source descriptors of a batch tensor [B, C, H, W] or a list of [C, H_i, W_i] tensors, after the
+// checks every kernel relies on (dims, dtype uint8 or floating, one dtype / device / C for a
+// list); `op` names the caller in the messages.
+std::vector<SourceImage> batch_sources(const at::Tensor& images, const char* op);
+std::vector<SourceImage> list_sources(const std::vector<at::Tensor>& images, const char* op);
+
+// The checks of boxes [N, 4] int64 (N a multiple of the source count) and flip ([N] bool or
+// undefined) on `device`; check_box_values reads CPU boxes and refuses one outside its image.
+void check_boxes_and_flip(const at::Tensor& boxes, const at::Tensor& flip, int64_t batch,
+                          const at::Device& device);
+void check_box_values(const at::Tensor& boxes, const std::vector<SourceImage>& sources);
+
 // [B, 2] int64 (height, width) of every image of a list, on the CPU (pinned when asked, so a
 // sampler can move it to the GPU without a synchronization).
 at::Tensor image_sizes(const std::vector<at::Tensor>& images, bool pin_memory);

@@ -39,13 +39,13 @@ inline void weighted_rows_impl(T* __restrict out, const T* const* rows, const T*
   }
 }
 
-SIMCLR_ROWS_CLONES void weighted_rows(float* out, const float* const* rows, const float* w, int k,
-                                      int64_t n) {
+[[maybe_unused]] SIMCLR_ROWS_CLONES void weighted_rows(float* out, const float* const* rows,
+                                                       const float* w, int k, int64_t n) {
   weighted_rows_impl(out, rows, w, k, n);
 }
 
-SIMCLR_ROWS_CLONES void weighted_rows(double* out, const double* const* rows, const double* w,
-                                      int k, int64_t n) {
+[[maybe_unused]] SIMCLR_ROWS_CLONES void weighted_rows(double* out, const double* const* rows,
+                                                       const double* w, int k, int64_t n) {
   weighted_rows_impl(out, rows, w, k, n);
 }
 
