@@ -66,8 +66,10 @@ __device__ __forceinline__ float to_float(in_t v) {
   return static_cast<float>(v);
 }
 
+// At least 4 resident blocks per SM: ptxas then allots 64 registers, where on its own it picked 48
+// and spilled 16-20 bytes (the 64-bit index math of the strided source).
 template <typename in_t>
-__global__ void __launch_bounds__(kTile * kRowsPerPass)
+__global__ void __launch_bounds__(kTile * kRowsPerPass, 4)
     resized_crop_kernel(Sources<in_t> src, const int64_t* __restrict__ boxes,
                         const bool* __restrict__ flip, OutArgs out, int taps_x, int taps_y) {
   extern __shared__ float shared[];

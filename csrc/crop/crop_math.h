@@ -14,11 +14,18 @@
 #include <cmath>
 #include <cstdint>
 
+// Inlined into the CUDA kernel (a call would cost registers and stack for the returned structs).
+#if defined(__CUDACC__)
+#define SIMCLR_CROP_FN C10_HOST_DEVICE __forceinline__
+#else
+#define SIMCLR_CROP_FN inline
+#endif
+
 namespace simclr_ext {
 namespace crop {
 
 // The bilinear (triangle) filter of ATen's HelperInterpLinear::aa_filter.
-C10_HOST_DEVICE inline float triangle(float x) {
+SIMCLR_CROP_FN float triangle(float x) {
   x = x < 0.f ? -x : x;
   return x < 1.f ? 1.f - x : 0.f;
 }
@@ -32,7 +39,7 @@ struct Axis {
   int max_taps;    // ceil(support) * 2 + 1: the span never exceeds it (ATen clamps to it)
 };
 
-C10_HOST_DEVICE inline Axis make_axis(int64_t in_size, int64_t out_size) {
+SIMCLR_CROP_FN Axis make_axis(int64_t in_size, int64_t out_size) {
   Axis a;
   a.in_size = in_size;
   a.scale = static_cast<float>(in_size) / static_cast<float>(out_size);
@@ -59,7 +66,7 @@ struct Span {
   float center;
 };
 
-C10_HOST_DEVICE inline Span make_span(const Axis& a, int64_t i) {
+SIMCLR_CROP_FN Span make_span(const Axis& a, int64_t i) {
   Span s;
   s.center = static_cast<float>(static_cast<double>(a.scale) * (static_cast<double>(i) + 0.5));
   // (float center -+ float support) + double 0.5, truncated toward zero, as ATen's
@@ -79,7 +86,7 @@ C10_HOST_DEVICE inline Span make_span(const Axis& a, int64_t i) {
 // Normalized weights w[0 .. span.count) of the span. The filter argument follows ATen's
 // promotions: (float(j + xmin) - center) in float, + 0.5 in double, times invscale in double,
 // rounded to float for the filter. Weights are summed and divided in float.
-C10_HOST_DEVICE inline void span_weights(const Axis& a, const Span& s, float* w) {
+SIMCLR_CROP_FN void span_weights(const Axis& a, const Span& s, float* w) {
   float total = 0.f;
   for (int j = 0; j < s.count; ++j) {
     const float d = static_cast<float>(s.start + j) - s.center;
@@ -98,14 +105,14 @@ struct Box {
   int64_t top, left, height, width;
 };
 
-C10_HOST_DEVICE inline bool box_inside(const Box& b, int64_t H, int64_t W) {
+SIMCLR_CROP_FN bool box_inside(const Box& b, int64_t H, int64_t W) {
   return b.top >= 0 && b.left >= 0 && b.height >= 1 && b.width >= 1 && b.top <= H - b.height &&
          b.left <= W - b.width;
 }
 
 // The CUDA kernel cannot raise on a bad box without a host synchronization; it clamps the box
 // into the image instead (so it never reads outside it). Valid boxes are returned unchanged.
-C10_HOST_DEVICE inline Box clamp_box(Box b, int64_t H, int64_t W) {
+SIMCLR_CROP_FN Box clamp_box(Box b, int64_t H, int64_t W) {
   b.height = b.height < 1 ? 1 : (b.height > H ? H : b.height);
   b.width = b.width < 1 ? 1 : (b.width > W ? W : b.width);
   b.top = b.top < 0 ? 0 : (b.top > H - b.height ? H - b.height : b.top);
