@@ -1,23 +1,26 @@
 """simclr_ext: SimCLR with fused C++/CUDA kernels.
 
-Public API: NTXentLoss / nt_xent_loss (fused NT-Xent), LARS (fused multi-tensor LARS),
-ColorDistortion / color_distort (per-sample SimCLR color distortion), SimCLRAugment /
-resized_crop / gaussian_blur (the whole SimCLR augmentation, per view), build_info().
+Public API: NTXentLoss / nt_xent_loss (fused NT-Xent), LARS / simclr_param_groups (fused
+multi-tensor LARS and SimCLR's parameter groups), ColorDistortion / color_distort /
+sample_color_params / ColorParams (per-sample SimCLR color distortion), SimCLRAugment /
+SimCLRParams / resized_crop / gaussian_blur(_) / sample_crop_boxes (the whole SimCLR
+augmentation, per view), build_info().
+The torch.library custom ops behind them are registered as torch.ops.simclr_ext.*;
+simclr_ext.reference holds the plain-PyTorch twins used by the tests and benchmarks.
 """
 from ._extension import build_info
-from . import _ops as ops
 from .augment import ColorDistortion, ColorParams, color_distort, sample_color_params
 from .loss import NTXentLoss, nt_xent_loss
-from .optim import LARS
+from .optim import LARS, simclr_param_groups
 from .pipeline import (SimCLRAugment, SimCLRParams, gaussian_blur, gaussian_blur_, resized_crop,
                        sample_crop_boxes)
 
 __version__ = build_info()["version"]
 
 __all__ = [
-    "build_info", "ops", "__version__",
+    "build_info", "__version__",
     "NTXentLoss", "nt_xent_loss",
-    "LARS",
+    "LARS", "simclr_param_groups",
     "ColorDistortion", "ColorParams", "color_distort", "sample_color_params",
     "SimCLRAugment", "SimCLRParams", "resized_crop", "gaussian_blur", "gaussian_blur_",
     "sample_crop_boxes",

@@ -1,6 +1,8 @@
 """Checkpoints that survive interruption: written to a temporary file, fsync'ed, then renamed
-over the previous one (os.replace is atomic), so a crash mid-write leaves the last good
-checkpoint in place; read back with errors that say what is wrong with which file."""
+into place (os.replace is atomic), so a crash mid-write leaves the last good checkpoint; the one
+before it is kept as checkpoint_prev.pt, the fallback when the latest turns out unreadable (a
+copy cut short on a network file system, a full disk). Read back with errors that say what is
+wrong with which file (docs/architecture.md, section 7)."""
 import os
 import random
 
@@ -10,21 +12,29 @@ import torch
 FORMAT = "simclr_ext-checkpoint"
 VERSION = 1
 LAST = "checkpoint_last.pt"
-# what must agree between a checkpoint and the run that loads it
-MODEL_KEYS = ("arch", "width", "head", "proj_dim", "image_size")
+PREV = "checkpoint_prev.pt"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, unreadable, or written for another model."""
 
 
-def save_atomic(obj, path: str):
+class UnreadableCheckpoint(CheckpointError):
+    """The file's bytes do not load (truncated, corrupt): an older checkpoint may still be good."""
+
+
+def save_atomic(obj, path: str, keep_previous: bool = False):
+    """Write obj to path atomically; keep_previous: first move the file already at path to
+    checkpoint_prev.pt beside it (a crash between the two renames leaves that one, which
+    load_latest falls back to)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and os.path.exists(path):
+            os.replace(path, os.path.join(os.path.dirname(path), PREV))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -45,7 +55,7 @@ def load(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated zip, bad pickle, garbage bytes: all one diagnosis
-        raise CheckpointError(
+        raise UnreadableCheckpoint(
             f"checkpoint {path} is unreadable (truncated or corrupt): {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -57,11 +67,26 @@ def load(path: str) -> dict:
     return ckpt
 
 
-def check_compatible(ckpt: dict, cfg: dict, keys=MODEL_KEYS):
-    diff = [f"{k}={ckpt['config'].get(k)!r} (asked: {cfg.get(k)!r})" for k in keys
-            if ckpt["config"].get(k) != cfg.get(k)]
-    if diff:
-        raise CheckpointError(f"checkpoint {ckpt['path']} does not match this run: " + ", ".join(diff))
+def load_latest(run_dir: str, say=print):
+    """The newest usable checkpoint of a run directory: checkpoint_last.pt, else (missing or
+    unreadable, which `say` reports with its path) checkpoint_prev.pt; None when the directory
+    holds neither. A readable checkpoint of another format version is an error, not a fallback:
+    the previous one was written by the same code."""
+    last, prev = os.path.join(run_dir, LAST), os.path.join(run_dir, PREV)
+    if not os.path.isfile(last) and not os.path.isfile(prev):
+        return None
+    try:
+        return load(last)
+    except CheckpointError as exc:
+        if not os.path.isfile(prev) or (os.path.isfile(last) and not isinstance(exc, UnreadableCheckpoint)):
+            raise
+        reason = str(exc) if os.path.isfile(last) else f"{last} is missing"
+    try:
+        ckpt = load(prev)
+    except CheckpointError as exc:
+        raise CheckpointError(f"no usable checkpoint in {run_dir}: {reason}; and {exc}") from exc
+    say(f"warning: {reason}; resuming from the previous checkpoint {prev}")
+    return ckpt
 
 
 def load_model_state(module: torch.nn.Module, state: dict, path: str):

@@ -1,7 +1,7 @@
 """Data for SimCLR: the embedded procedural shapes data set (no files, no download), ImageFolder
 directories, CIFAR-10/100 and STL-10 from a local directory; the two-view pipeline
-(RandomResizedCrop + flip as uint8 on the loader workers, then color distortion, Gaussian blur
-and normalization on the training device); a resumable distributed sampler.
+(RandomResizedCrop + flip as uint8 on the loader workers, then color distortion with fused
+normalization and Gaussian blur on the training device); a resumable distributed sampler.
 
 Every random choice of the loader side is a pure function of (seed, epoch, sample index), so a
 view does not depend on worker count or on where a resumed run restarts.
@@ -150,28 +150,60 @@ class TensorSource(Dataset):
 
 
 class FolderSource(Dataset):
-    """Files of an ImageFolder-layout directory (root/<class>/<image>), decoded on access."""
+    """Files of an ImageFolder-layout directory (root/<class>/<image>), decoded on access.
 
-    def __init__(self, samples, classes):
+    A file that cannot be decoded (empty, truncated, corrupt) is a DataError naming it; with
+    skip_bad, the next readable file of the list (with its own label) stands in for it, a
+    deterministic choice, so exact resume still holds, and its path is appended to bad_log (one
+    line per encounter, from any worker or rank: count the distinct paths, bad_image_count)."""
+
+    def __init__(self, samples, classes, skip_bad: bool = False, bad_log: Optional[str] = None):
         self.samples = samples
         self.classes = classes
         self.num_classes = len(classes)
         self.labels = torch.tensor([t for _, t in samples], dtype=torch.int64)
+        self.skip_bad, self.bad_log = skip_bad, bad_log
+        self._bad = set()  # indices this process already found unreadable
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, i):
+    @staticmethod
+    def _decode(path):
         from PIL import Image
         import torchvision.transforms.v2.functional as TF
 
-        path, target = self.samples[i]
-        try:
-            with Image.open(path) as im:
-                img = TF.pil_to_tensor(im.convert("RGB"))
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
-        return img, target
+        with Image.open(path) as im:
+            return TF.pil_to_tensor(im.convert("RGB"))
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        n = len(self.samples)
+        for k in range(n):
+            j = (i + k) % n
+            if j in self._bad:
+                continue
+            path, target = self.samples[j]
+            try:
+                return self._decode(path), target
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                if not self.skip_bad:
+                    raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc} "
+                                    f"(--skip-bad-images skips unreadable files)") from exc
+                self._bad.add(j)
+                if self.bad_log is not None:
+                    with open(self.bad_log, "a") as f:  # one short append: whole lines
+                        f.write(f"{path}\t{type(exc).__name__}: {exc}\n")
+        raise DataError(f"none of the {n} images of this split can be read")
+
+
+def bad_image_count(bad_log: str) -> int:
+    """Distinct files recorded in a bad-image log (0 when there is none)."""
+    if not os.path.exists(bad_log):
+        return 0
+    with open(bad_log) as f:
+        return len({line.split("\t", 1)[0] for line in f if line.strip()})
 
 
 def _scan_folder(root: str):
@@ -200,9 +232,11 @@ def _split_indices(n: int, fraction: float, seed: int):
 
 def load_sources(name: str, root: Optional[str] = None, image_size: int = 32, seed: int = 0,
                  train_size: int = 6000, test_size: int = 2000, val_fraction: float = 0.1,
-                 num_classes: int = 10):
+                 num_classes: int = 10, skip_bad_images: bool = False,
+                 bad_log: Optional[str] = None):
     """-> (pretrain, train, test) image sources. pretrain is what SimCLR sees (labels unused);
-    train / test are the linear-evaluation splits."""
+    train / test are the linear-evaluation splits. skip_bad_images, bad_log: imagefolder's
+    unreadable files (FolderSource)."""
     if name == "shapes":
         if train_size < 1 or test_size < 1:
             raise DataError(f"shapes needs train_size and test_size >= 1, got {train_size}, {test_size}")
@@ -225,7 +259,8 @@ def load_sources(name: str, root: Optional[str] = None, image_size: int = 32, se
             samples, classes = _scan_folder(root)
             tri, tei = _split_indices(len(samples), val_fraction, seed)
             tr_s, te_s = [samples[i] for i in tri], [samples[i] for i in tei]
-        tr, te = FolderSource(tr_s, classes), FolderSource(te_s, classes)
+        tr = FolderSource(tr_s, classes, skip_bad_images, bad_log)
+        te = FolderSource(te_s, classes, skip_bad_images, bad_log)
         return tr, tr, te
     if name in ("cifar10", "cifar100", "stl10"):
         return _torchvision_sources(name, root)
@@ -317,11 +352,23 @@ class TwoViews(Dataset):
             out = out.flip(-1)
         return out
 
+    def _generator(self, i):
+        # a view is a function of (seed, epoch, index) only: resumable and worker-independent
+        return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % (2**63))
+
     def __getitem__(self, i):
         img, target = self.source[i]
-        # a view is a function of (seed, epoch, index) only: resumable and worker-independent
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % (2**63))
+        g = self._generator(i)
         return torch.stack([self._view(img, g), self._view(img, g)]), target
+
+
+class OneView(TwoViews):
+    """(uint8 [3, S, S] one random view, label): TwoViews' first view alone, for supervised
+    fine-tuning (crop + flip)."""
+
+    def __getitem__(self, i):
+        img, target = self.source[i]
+        return self._view(img, self._generator(i)), target
 
 
 class EvalView(Dataset):
@@ -385,30 +432,44 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 
 
 class DeviceAugment(nn.Module):
-    """The training-device half of SimCLR's views: color distortion (per image), Gaussian blur
-    (p, sigma ~ U[0.1, 2], kernel 10% of the side, per image), normalization. All randomness
-    comes from one generator on the images' device (its state is checkpointed)."""
+    """The training-device half of SimCLR's views, on a uint8 batch [B, 3, S, S]: color
+    distortion (per image) with the mean / std normalization fused into the color kernel's store,
+    then Gaussian blur (p, sigma ~ U[0.1, 2], kernel 10% of the side, per image), returned as
+    float32 in `memory_format` (the model's: see models.preferred_memory_format). Without blur the
+    color kernel writes that layout itself; the blur runs on NCHW and its result is copied once.
+    All randomness comes from one generator on the images' device (its state is checkpointed):
+    color parameters first, then the blur's.
+
+    Blurring after normalizing is the same as blurring before it (docs/architecture.md, 4.2):
+    the normalization is a per-channel affine map, and a per-channel blur whose weights sum to 1,
+    with reflect padding (which only copies pixels), commutes with any such map."""
 
     def __init__(self, color_cls, image_size: int, strength: float = 1.0, blur_p: float = 0.5,
-                 generator: Optional[torch.Generator] = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 generator: Optional[torch.Generator] = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.generator = generator
-        self.color = color_cls(strength, 0.8, 0.2, generator=generator)
+        self.color = color_cls(strength, 0.8, 0.2, generator=generator, mean=mean, std=std)
         self.blur_p = blur_p
         k = int(round(0.1 * image_size))
         self.kernel_size = max(3, k + (k + 1) % 2)  # odd, at least 3
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.memory_format = memory_format
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.color(x).float()
-        if self.blur_p > 0:
-            b = x.shape[0]
-            r = torch.rand(2, b, device=x.device, generator=self.generator)
-            sigma = 0.1 + 1.9 * r[0]
-            x = torch.where((r[1] < self.blur_p).view(b, 1, 1, 1),
-                            gaussian_blur(x, sigma, self.kernel_size), x)
-        return (x - self.mean) / self.std
+        if self.blur_p == 0:
+            # the color kernel stores in its input's layout: lay out the (4x smaller) uint8 batch
+            x = self.color(x.contiguous(memory_format=self.memory_format))
+            return x.contiguous(memory_format=self.memory_format)  # no-op for the fused kernel
+        # NCHW: the blur's per-image grouped convolution views the batch as B*C channels
+        x = self.color(x.contiguous())
+        b = x.shape[0]
+        r = torch.rand(2, b, device=x.device, generator=self.generator)
+        sigma = 0.1 + 1.9 * r[0]
+        x = torch.where((r[1] < self.blur_p).view(b, 1, 1, 1),
+                        gaussian_blur(x, sigma, self.kernel_size), x)
+        # a separate copy: a selection that reads NCHW and writes channels_last in one pass
+        # measured slower on CPU than the two passes
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def normalize(x: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:

@@ -11,6 +11,9 @@ import torch.distributed as dist
 from torch import nn
 
 
+_STORE = None  # the process group's key-value store (init_distributed), for roll_call
+
+
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -23,18 +26,20 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    return device
 
 
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK), NCCL on GPU and
     gloo on CPU; a plain `python train.py` is a world of one with no process group."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    device = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -46,8 +51,18 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     created = False
     if world > 1 and not dist.is_initialized():
         created = True
-        dist.init_process_group("nccl" if device == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        backend = "nccl" if device == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # torchrun shares its rendezvous store with the workers, and the keys a killed attempt
+        # left there (each rank's gloo / NCCL address) would be read by the next attempt as if
+        # current: a restarted group then connects to dead ports. A prefix per attempt keeps
+        # each attempt's keys apart.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT") or "0"
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        store = dist.PrefixStore(f"simclr_ext/attempt_{attempt}/", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        global _STORE
+        _STORE = store
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank, world, local_rank, dev, created)
@@ -55,10 +70,6 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def barrier():
@@ -90,6 +101,45 @@ def any_rank(flag: bool, device=None) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """A peer's connection closed, or a collective timed out (gloo raises plain RuntimeErrors)."""
+    msg = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(
+        m in msg for m in ("gloo", "nccl", "closed by peer", "timed out", "timeout", "connection reset"))
+
+
+def roll_call(wait_s: float):
+    """After a collective failed (a peer's connection closed, or --dist-timeout passed): every
+    rank still running checks in on the process group's store; -> the ranks that did not within
+    wait_s (the lost ones: dead, or stuck), or None when the store cannot be reached (its host,
+    torchrun's agent or else rank 0, is gone too). Survivors fail within about one timeout of
+    each other, so wait_s of that order hears them all."""
+    import time
+
+    if _STORE is None:
+        return None
+    world, me = dist.get_world_size(), dist.get_rank()
+    try:
+        _STORE.set(f"alive/{me}", "1")
+        deadline = time.monotonic() + wait_s
+        while True:
+            missing = [r for r in range(world) if not _STORE.check([f"alive/{r}"])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.2)
+    except Exception:  # the store's host is gone: nobody can be asked
+        return None
+
+
+def all_max(t: torch.Tensor, device=None) -> torch.Tensor:
+    """The elementwise maximum of t over all ranks (t itself in a single process), on the host."""
+    if world_size() == 1:
+        return t.cpu()
+    t = t.to(device).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu()
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -1,4 +1,5 @@
-"""LARS, SimCLR's optimizer, as a fused multi-tensor torch.optim.Optimizer (DESIGN 3.2).
+"""LARS, SimCLR's optimizer, as a fused multi-tensor torch.optim.Optimizer (docs/architecture.md,
+section 3).
 
 Update per parameter w with gradient g (google-research/simclr lars_optimizer.py, "classic
 momentum"), per parameter group lr, weight_decay (wd), momentum (m), eta, lars_adaptation:
@@ -19,13 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from . import _ops
+from ._numeric import accumulation_dtype
 
 __all__ = ["LARS", "simclr_param_groups"]
-
-
-def _state_dtype(param: Tensor) -> torch.dtype:
-    # fp32 state for fp32/bf16/fp16 params (math in fp32), fp64 for fp64 params.
-    return torch.float64 if param.dtype == torch.float64 else torch.float32
 
 
 def simclr_param_groups(
@@ -68,7 +65,7 @@ class LARS(torch.optim.Optimizer):
 
     Args:
         params: parameters or parameter groups; a group may set its own lr, momentum,
-            weight_decay, eta, nesterov and lars_adaptation (see `exclude_bias_and_norm`).
+            weight_decay, eta, nesterov and lars_adaptation (see `simclr_param_groups`).
         lr: learning rate (>= 0); SimCLR uses 0.3 x batch_size / 256.
         momentum: in [0, 1).
         weight_decay: >= 0, added to the gradient (g' = g + wd * w) before the trust ratio.
@@ -105,6 +102,7 @@ class LARS(torch.optim.Optimizer):
 
     @staticmethod
     def _check_hyper(group: dict, where: str):
+        # Kept apart from reference.LARS's check: a reference shares no code with what it checks.
         lr, momentum = group["lr"], group["momentum"]
         wd, eta = group["weight_decay"], group["eta"]
         if isinstance(lr, Tensor):
@@ -138,11 +136,6 @@ class LARS(torch.optim.Optimizer):
             group.setdefault("nesterov", False)
             group.setdefault("lars_adaptation", True)
 
-    @staticmethod
-    def exclude_bias_and_norm(model_or_named_params, weight_decay: float) -> List[dict]:
-        """SimCLR's groups; same as `simclr_ext.optim.simclr_param_groups`."""
-        return simclr_param_groups(model_or_named_params, weight_decay)
-
     def load_state_dict(self, state_dict: dict) -> None:
         # torch.optim.Optimizer casts floating state to each parameter's dtype; LARS keeps its
         # momentum buffers in fp32 (fp64 for fp64 params), so restore them from the saved values.
@@ -154,7 +147,7 @@ class LARS(torch.optim.Optimizer):
             buf = saved_state.get(pid, {}).get("momentum_buffer")
             if buf is not None:
                 self.state[p]["momentum_buffer"] = buf.to(
-                    device=p.device, dtype=_state_dtype(p), copy=True
+                    device=p.device, dtype=accumulation_dtype(p.dtype), copy=True
                 )
 
     @torch.no_grad()
@@ -181,7 +174,7 @@ class LARS(torch.optim.Optimizer):
                 if buf is None:
                     # v starts at 0 (SimCLR), so the first step is v = lr * trust * g'.
                     buf = torch.zeros_like(
-                        p, dtype=_state_dtype(p), memory_format=torch.preserve_format
+                        p, dtype=accumulation_dtype(p.dtype), memory_format=torch.preserve_format
                     )
                     state["momentum_buffer"] = buf
                 if g.stride() != p.stride():

@@ -5,9 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._numeric import NORM_EPS, accumulation_dtype
+
 
 # --------------------------------------------------------------------------------------------
-# Color distortion (DESIGN 3.3): a per-image loop over torchvision.transforms.v2.functional
+# Color distortion (docs/architecture.md, section 4): a per-image loop over torchvision's
+# transforms.v2.functional
 # --------------------------------------------------------------------------------------------
 def color_distort(
     images: Tensor,
@@ -81,8 +84,9 @@ class ColorDistortion(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# NT-Xent (DESIGN 3.1): the materialized 2N x 2N similarity matrix, exact -inf self mask,
-# cross-entropy against the positive. O(N^2) memory: the thing the fused op avoids.
+# NT-Xent (docs/architecture.md, section 2): the materialized 2N x 2N similarity matrix, exact
+# -inf self mask, cross-entropy against the positive. O(N^2) memory: the thing the fused op
+# avoids.
 # --------------------------------------------------------------------------------------------
 
 
@@ -117,7 +121,7 @@ def nt_xent_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float =
     tests compare the fused op's error against this one's).
     """
     z = z_i if z_j is None else torch.cat([z_i, z_j], dim=0)
-    u = F.normalize(z, dim=1)
+    u = F.normalize(z, dim=1, eps=NORM_EPS)
     logits, positive = _ntxent_logits(u, u, 0, temperature)
     row_loss = F.cross_entropy(logits, positive, reduction="none")
     return _reduce(row_loss, reduction)
@@ -158,7 +162,7 @@ class NTXentLoss(nn.Module):
         world = dist.get_world_size(group)
         rank = dist.get_rank(group)
         z = z_i if z_j is None else torch.cat([z_i, z_j], dim=0)
-        u = F.normalize(z, dim=1)
+        u = F.normalize(z, dim=1, eps=NORM_EPS)
         sizes = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(world)]
         dist.all_gather(sizes, torch.tensor([z.shape[0]], device=z.device), group=group)
         if any(int(s) != z.shape[0] for s in sizes):
@@ -181,13 +185,11 @@ class NTXentLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# LARS (DESIGN 3.2): per-parameter loop straight from the formula, and a torch._foreach_* twin
+# LARS (docs/architecture.md, section 3): per-parameter loop straight from the formula, and a
+# torch._foreach_* twin
 # --------------------------------------------------------------------------------------------
-def _lars_state_dtype(p: Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
-
-
 def _lars_check(lr, momentum, weight_decay, eta):
+    # Kept apart from simclr_ext.LARS's check: a reference shares no code with what it checks.
     if not lr >= 0.0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if not 0.0 <= momentum < 1.0:
@@ -217,13 +219,6 @@ class LARS(torch.optim.Optimizer):
                         nesterov=nesterov, lars_adaptation=lars_adaptation)
         super().__init__(params, defaults)
 
-    @staticmethod
-    def exclude_bias_and_norm(model_or_named_params, weight_decay: float):
-        """SimCLR's groups, the same helper as simclr_ext.LARS.exclude_bias_and_norm."""
-        from .optim import simclr_param_groups
-
-        return simclr_param_groups(model_or_named_params, weight_decay)
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -235,7 +230,7 @@ class LARS(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                acc = _lars_state_dtype(p)
+                acc = accumulation_dtype(p.dtype)
                 w = p.to(acc)
                 g = p.grad.to(acc) + wd * w
                 state = self.state[p]

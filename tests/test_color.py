@@ -1,6 +1,7 @@
 """simclr_ext.color_distort / ColorDistortion against the per-image torchvision loop
 (simclr_ext.reference), the sampler's distribution, layouts, dtypes, torch.compile and errors."""
 import itertools
+import re
 
 import pytest
 import torch
@@ -323,10 +324,49 @@ def test_bad_inputs_raise_clear_errors(device):
     if device == "cuda":  # a CPU generator for CUDA images (no other device exists on a CPU box)
         with pytest.raises(ValueError, match="generator is on"):
             simclr_ext.ColorDistortion(generator=torch.Generator())(x)
-    if device == "cpu":  # value checks the CUDA path skips (they would synchronize)
-        with pytest.raises(RuntimeError, match="permutation of 0..3"):
-            cd(x, f, torch.zeros_like(o), j, g)
-        with pytest.raises(RuntimeError, match="hue.*-0.5, 0.5"):
-            cd(x, torch.tensor([[1.0, 1.0, 1.0, 0.7]] * 2), o, j, g)
-        with pytest.raises(RuntimeError, match="must be >= 0"):
-            cd(x, torch.tensor([[1.0, -1.0, 1.0, 0.0]] * 2), o, j, g)
+    with pytest.raises(TypeError, match="images must be a tensor"):
+        simclr_ext.ColorDistortion()(x.tolist())
+    with pytest.raises(ValueError, match="std must be nonzero"):
+        simclr_ext.ColorDistortion(mean=[0.5] * 3, std=[0.2, 0.0, 0.2])
+
+
+def test_bad_parameter_values_raise_on_every_device(device):
+    # The values of explicit parameters are checked in Python, the same way for CPU and CUDA
+    # tensors: the row and the bad value are named.
+    x = torch.zeros(3, 3, 8, 8, dtype=torch.uint8, device=device)
+    f, o, j, g = simclr_ext.ColorDistortion().sample_params(3, device)
+    cd = simclr_ext.color_distort
+    for bad_row in ([0, 0, 1, 2], [0, 1, 2, 4], [-1, 1, 2, 3], [3, 2, 1, 1]):
+        order = o.clone()
+        order[1] = torch.tensor(bad_row)
+        with pytest.raises(ValueError, match=r"order\[1\] must be a permutation of 0..3.*got "
+                           + re.escape(str(bad_row))):
+            cd(x, f, order, j, g)
+    for k, name in enumerate(("brightness", "contrast", "saturation")):
+        for value in (-0.25, float("nan")):
+            factors = f.clone()
+            factors[2, k] = value
+            with pytest.raises(ValueError, match=rf"factors\[2, {k}\] \({name}\) must be >= 0"):
+                cd(x, factors, o, j, g)
+    for value in (0.7, -0.51, float("inf")):
+        factors = f.clone()
+        factors[0, 3] = value
+        with pytest.raises(ValueError, match=r"factors\[0, 3\] \(hue\) must be in \[-0.5, 0.5\]"):
+            cd(x, factors, o, j, g)
+    # int32 orders are checked the same way before the cast to int64
+    with pytest.raises(ValueError, match="permutation"):
+        cd(x, f, torch.zeros_like(o, dtype=torch.int32), j, g)
+
+
+def test_unchecked_op_codes_are_no_op_steps_on_every_device(device, gen):
+    # The op itself (torch.ops.simclr_ext.color_distort, reached without the Python check) treats
+    # an op code outside 0..3 as a step that does nothing, on CPU and CUDA alike: the result is
+    # the reference run on the remaining steps.
+    images = random_images(6, 11, 9, torch.uint8, device, gen)
+    factors, _, jitter, gray = random_params(6, device, gen, p_jitter=1.0)
+    order = torch.tensor([[3, 9, 1, -2]] * 6, device=device)
+    out = torch.ops.simclr_ext.color_distort(images, factors, order, jitter, gray, torch.float32,
+                                             None, None)
+    kept = torch.tensor([[3, 1]] * 6)
+    expected = ref.color_distort(images.cpu(), factors.cpu(), kept, jitter.cpu(), gray.cpu())
+    torch.testing.assert_close(out.cpu(), expected, atol=ATOL, rtol=0)

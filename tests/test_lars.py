@@ -1,4 +1,5 @@
-"""simclr_ext.LARS (fused multi-tensor kernels) against simclr_ext.reference.LARS (DESIGN 3.2)."""
+"""simclr_ext.LARS (fused multi-tensor kernels) against simclr_ext.reference.LARS
+(docs/architecture.md, section 3)."""
 import copy
 
 import pytest
@@ -6,8 +7,7 @@ import torch
 from torch import nn
 
 import simclr_ext
-from simclr_ext import ops
-from simclr_ext.optim import LARS, simclr_param_groups
+from simclr_ext import LARS, simclr_param_groups
 from simclr_ext.reference import LARS as RefLARS
 from simclr_ext.reference import ForeachLARS
 
@@ -213,10 +213,18 @@ def test_channels_last_parameter(device):
 # ---------------------------------------------------------------------------------------------
 # SimCLR's exclusion and the degenerate norms
 # ---------------------------------------------------------------------------------------------
+def test_param_groups_have_one_public_name():
+    # simclr_param_groups is the one name for SimCLR's grouping (no optimizer-class aliases)
+    assert simclr_ext.simclr_param_groups is simclr_ext.optim.simclr_param_groups
+    assert "simclr_param_groups" in simclr_ext.__all__
+    for cls in (simclr_ext.LARS, RefLARS, ForeachLARS):
+        assert not hasattr(cls, "exclude_bias_and_norm"), cls
+
+
 def test_exclusion_bias_update_is_plain_momentum_sgd(device):
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5)).double().to(device)
-    groups = LARS.exclude_bias_and_norm(model, weight_decay=0.1)
+    groups = simclr_param_groups(model, weight_decay=0.1)
     assert [p.ndim for p in groups[0]["params"]] == [2]
     assert all(p.ndim == 1 for p in groups[1]["params"]) and len(groups[1]["params"]) == 3
     assert groups[1]["weight_decay"] == 0.0 and groups[1]["lars_adaptation"] is False
@@ -433,14 +441,16 @@ def test_sparse_grad_and_bad_tensors_raise(device):
     # the op's own checks name the argument
     p = torch.randn(4, device=device)
     with pytest.raises(RuntimeError, match=r"grads\[0\]"):
-        ops.lars_step([p], [torch.randn(4, device=device, dtype=torch.float64)],
-                      [torch.zeros(4, device=device)], [0.1], [0.0], [0.9], [1e-3], [True], [False])
+        torch.ops.simclr_ext.lars_step(
+            [p], [torch.randn(4, device=device, dtype=torch.float64)],
+            [torch.zeros(4, device=device)], [0.1], [0.0], [0.9], [1e-3], [True], [False])
     with pytest.raises(RuntimeError, match=r"momentum_buffers\[0\]"):
-        ops.lars_step([p], [torch.randn(4, device=device)],
-                      [torch.zeros(4, device=device, dtype=torch.float16)],
-                      [0.1], [0.0], [0.9], [1e-3], [True], [False])
+        torch.ops.simclr_ext.lars_step(
+            [p], [torch.randn(4, device=device)],
+            [torch.zeros(4, device=device, dtype=torch.float16)],
+            [0.1], [0.0], [0.9], [1e-3], [True], [False])
     with pytest.raises(RuntimeError, match="same length"):
-        ops.lars_step([p], [], [], [0.1], [0.0], [0.9], [1e-3], [True], [False])
+        torch.ops.simclr_ext.lars_step([p], [], [], [0.1], [0.0], [0.9], [1e-3], [True], [False])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,11 +475,11 @@ def test_opcheck(device, dtype):
 def test_compiled_call_matches_eager(device):
     args = op_args(device)
     eager = copy.deepcopy(args)
-    ops.lars_step(*eager)
+    torch.ops.simclr_ext.lars_step(*eager)
 
     @torch.compile(fullgraph=True)
     def step(ps, gs, vs):
-        ops.lars_step(ps, gs, vs, *args[3:])
+        torch.ops.simclr_ext.lars_step(ps, gs, vs, *args[3:])
 
     step(args[0], args[1], args[2])
     for a, b in zip(args[0] + args[2], eager[0] + eager[2]):

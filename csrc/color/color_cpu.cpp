@@ -11,6 +11,7 @@
 
 #include "color/color.h"
 #include "color/color_math.h"
+#include "color/layout.h"
 
 // The block loops run color_math.h's templates on 8-float GCC vectors; they are compiled twice,
 // for AVX2 and the baseline ISA, and picked at load time (GCC function multi-versioning), so a
@@ -29,13 +30,6 @@ namespace {
 
 constexpr int64_t kBlock = 256;   // pixels per block: 3 x 1 KiB of floats, stays in L1
 constexpr int64_t kChunk = 4096;  // pixels per parallel work item
-
-// Element strides of a dense NCHW or NHWC image batch.
-struct Layout {
-  int64_t image, channel, pixel;
-  explicit Layout(const at::Tensor& t)
-      : image(t.stride(0)), channel(t.stride(1)), pixel(t.stride(3)) {}
-};
 
 // Applies op(r, g, b) to the n pixels of a block: 8 lanes at a time as a float8 (same
 // color_math.h template as the scalar lanes), the tail one by one.
@@ -122,15 +116,6 @@ void run_steps(const ImageParams& p, int end, float mean_luma, float* r, float* 
   }
 }
 
-template <typename in_t>
-inline float to_unit(in_t v) {
-  return static_cast<float>(v);
-}
-template <>
-inline float to_unit<uint8_t>(uint8_t v) {
-  return static_cast<float>(v) * kInv255;
-}
-
 // Pixels [p0, p0 + n) of one image into r, g, b.
 template <typename in_t>
 void load_block(const in_t* image, const Layout& l, int64_t p0, int64_t n, float* r, float* g,
@@ -151,13 +136,6 @@ void load_block(const in_t* image, const Layout& l, int64_t p0, int64_t n, float
     }
   }
 }
-
-// Optional (x - mean) / std per channel, in the same operation order as transforms.Normalize.
-struct Norm {
-  bool on = false;
-  float mean[3] = {0.f, 0.f, 0.f};
-  float std[3] = {1.f, 1.f, 1.f};
-};
 
 template <typename out_t>
 void store_channel(out_t* dst, int64_t s, const float* x, int64_t n, const Norm& nm, int c) {
@@ -181,7 +159,7 @@ void run_kernel(const at::Tensor& images, at::Tensor& out, const std::vector<Ima
   const int64_t batch = images.size(0);
   const int64_t pixels = images.size(2) * images.size(3);
   const int64_t chunks = (pixels + kChunk - 1) / kChunk;
-  const Layout in_l(images), out_l(out);
+  const Layout in_l = layout_of(images), out_l = layout_of(out);
   const in_t* in = images.const_data_ptr<in_t>();
   out_t* dst = out.mutable_data_ptr<out_t>();
 
@@ -241,38 +219,14 @@ void run_kernel(const at::Tensor& images, at::Tensor& out, const std::vector<Ima
 
 void distort_cpu(const at::Tensor& images, const at::Tensor& factors, const at::Tensor& order,
                  const at::Tensor& apply_jitter, const at::Tensor& apply_gray, at::Tensor& out,
-                 const std::vector<float>& norm_mean, const std::vector<float>& norm_std) {
+                 const Norm& nm) {
   const int64_t batch = images.size(0);
   const float* f = factors.const_data_ptr<float>();
   const int64_t* o = order.const_data_ptr<int64_t>();
   const bool* j = apply_jitter.const_data_ptr<bool>();
   const bool* g = apply_gray.const_data_ptr<bool>();
   std::vector<ImageParams> params(batch);
-  for (int64_t i = 0; i < batch; ++i) {
-    int seen = 0;
-    for (int k = 0; k < kNumOps; ++k) {
-      const int64_t code = o[i * kNumOps + k];
-      if (code >= 0 && code < kNumOps) seen |= 1 << code;
-    }
-    TORCH_CHECK(seen == 0xF, "order[", i, "] must be a permutation of 0..3 (brightness, "
-                "contrast, saturation, hue), got ", order[i]);
-    for (int k = 0; k < 3; ++k) {
-      TORCH_CHECK(f[i * kNumOps + k] >= 0.f, "factors[", i, ", ", k, "] (brightness, contrast, "
-                  "saturation) must be >= 0, got ", f[i * kNumOps + k]);
-    }
-    const float hue = f[i * kNumOps + kHue];
-    TORCH_CHECK(hue >= -0.5f && hue <= 0.5f, "factors[", i, ", 3] (hue) must be in [-0.5, 0.5], "
-                "got ", hue);
-    params[i] = load_params(f, o, j, g, i);
-  }
-  Norm nm;
-  if (!norm_mean.empty()) {
-    nm.on = true;
-    for (int c = 0; c < 3; ++c) {
-      nm.mean[c] = norm_mean[c];
-      nm.std[c] = norm_std[c];
-    }
-  }
+  for (int64_t i = 0; i < batch; ++i) params[i] = load_params(f, o, j, g, i);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kByte, at::kHalf, at::kBFloat16, images.scalar_type(),
                                   "color_distort_cpu", [&] {
     using in_t = scalar_t;

@@ -12,6 +12,8 @@
 
 #include "color/color.h"
 #include "color/color_math.h"
+#include "color/layout.h"
+#include "common/reduce.cuh"
 
 namespace simclr_ext {
 namespace color {
@@ -21,17 +23,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMeanBlocks = 32;   // partial luma sums per image (grid.x of the first kernel)
 constexpr int kMaxGridY = 65535;  // images beyond it are looped over by the same blocks
-
-// Element strides of a dense NCHW or NHWC batch.
-struct Layout {
-  int64_t image, channel, pixel;
-};
-
-struct NormArgs {
-  bool on;
-  float mean[3];
-  float std[3];
-};
 
 struct ParamPtrs {
   const float* factors;     // [B, 4]
@@ -45,34 +36,12 @@ struct alignas(sizeof(T) * N) AlignedVec {
   T v[N];
 };
 
-template <typename in_t>
-__device__ __forceinline__ float to_unit(in_t v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float to_unit<uint8_t>(uint8_t v) {
-  return static_cast<float>(v) * kInv255;
-}
-
-__device__ __forceinline__ float block_sum(float v, float* shared) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < (blockDim.x >> 5) ? shared[threadIdx.x] : 0.f;
-  if (warp == 0) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  __syncthreads();  // shared is reused by the next image of this block
-  return v;
-}
-
 // partial: [B, gridDim.x] luma sums of the image just before its contrast step.
 template <typename in_t>
 __global__ void __launch_bounds__(kThreads)
     luma_partial_kernel(const in_t* __restrict__ in, Layout l, int64_t pixels, int64_t batch,
                         ParamPtrs pp, float* __restrict__ partial) {
-  __shared__ float shared[kThreads / 32];
+  __shared__ float shared[block_sum_slots(kThreads)];
   for (int64_t img = blockIdx.y; img < batch; img += gridDim.y) {
     const ImageParams p = load_params(pp.factors, pp.order, pp.apply_jitter, pp.apply_gray, img);
     if (p.contrast_step >= kNumOps) continue;  // uniform over the block
@@ -89,7 +58,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       sum += luma(r, g, b);
     }
-    sum = block_sum(sum, shared);
+    sum = block_sum<kThreads>(sum, shared);
     if (threadIdx.x == 0) partial[img * gridDim.x + blockIdx.x] = sum;
   }
 }
@@ -132,7 +101,7 @@ __device__ __forceinline__ void pipeline(const ImageParams& p, float mean_luma, 
 }
 
 template <typename out_t>
-__device__ __forceinline__ out_t finish(float x, const NormArgs& nm, int c) {
+__device__ __forceinline__ out_t finish(float x, const Norm& nm, int c) {
   return static_cast<out_t>(nm.on ? (x - nm.mean[c]) / nm.std[c] : x);
 }
 
@@ -142,7 +111,7 @@ template <typename in_t, typename out_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     distort_kernel(const in_t* __restrict__ in, Layout il, out_t* __restrict__ out, Layout ol,
                    int64_t pixels, int64_t batch, ParamPtrs pp,
-                   const float* __restrict__ partial, int parts, NormArgs nm) {
+                   const float* __restrict__ partial, int parts, Norm nm) {
   for (int64_t img = blockIdx.y; img < batch; img += gridDim.y) {
     const ImageParams p = load_params(pp.factors, pp.order, pp.apply_jitter, pp.apply_gray, img);
     float mean_luma = 0.f;
@@ -196,8 +165,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-Layout layout_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(3)}; }
-
 bool aligned(const void* ptr, int64_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) == 0;
 }
@@ -206,7 +173,7 @@ bool aligned(const void* ptr, int64_t bytes) {
 
 void distort_cuda(const at::Tensor& images, const at::Tensor& factors, const at::Tensor& order,
                   const at::Tensor& apply_jitter, const at::Tensor& apply_gray, at::Tensor& out,
-                  const std::vector<float>& norm_mean, const std::vector<float>& norm_std) {
+                  const Norm& nm) {
   const c10::cuda::CUDAGuard guard(images.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t batch = images.size(0);
@@ -214,11 +181,6 @@ void distort_cuda(const at::Tensor& images, const at::Tensor& factors, const at:
   const Layout il = layout_of(images), ol = layout_of(out);
   const ParamPtrs pp{factors.const_data_ptr<float>(), order.const_data_ptr<int64_t>(),
                      apply_jitter.const_data_ptr<bool>(), apply_gray.const_data_ptr<bool>()};
-  NormArgs nm{!norm_mean.empty(), {0.f, 0.f, 0.f}, {1.f, 1.f, 1.f}};
-  for (size_t c = 0; c < norm_mean.size(); ++c) {
-    nm.mean[c] = norm_mean[c];
-    nm.std[c] = norm_std[c];
-  }
   const int grid_y = static_cast<int>(std::min<int64_t>(batch, kMaxGridY));
   const int parts =
       static_cast<int>(std::min<int64_t>(kMeanBlocks, (pixels + kThreads - 1) / kThreads));

@@ -10,7 +10,7 @@
 namespace simclr_ext {
 namespace color {
 
-// Op codes used by `order` (DESIGN 3.3: brightness, contrast, saturation, hue).
+// Op codes used by `order` (docs/architecture.md, 4.1).
 constexpr int kBrightness = 0;
 constexpr int kContrast = 1;
 constexpr int kSaturation = 2;

@@ -3,8 +3,7 @@
 
 #include <string>
 
-#define SIMCLR_STR_(...) #__VA_ARGS__
-#define SIMCLR_STR(...) SIMCLR_STR_(__VA_ARGS__)
+#include "common/build_info.h"
 
 namespace simclr_ext {
 

@@ -19,6 +19,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common/reduce.cuh"  // block_sum, which the functors use for per-chunk sums
+
 namespace simclr_ext {
 namespace mta {
 
@@ -117,28 +119,6 @@ void multi_tensor_apply(const Plan<kDepth, Info>& plan, Functor functor, Args...
   multi_tensor_apply_kernel<kBlock><<<static_cast<unsigned>(plan.num_chunks), kBlock, 0, stream>>>(
       plan.entries, plan.chunks, plan.chunk_size, functor, args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// Sum of v over the block, returned to every thread; deterministic (fixed shuffle tree).
-// smem: kBlock / 32 + 1 values of T in shared memory.
-template <int kBlock, typename T>
-__device__ inline T block_sum(T v, T* smem) {
-  static_assert(kBlock % 32 == 0 && kBlock <= 1024, "block size must be a multiple of 32");
-  constexpr int kWarps = kBlock / 32;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kWarps ? smem[lane] : T(0);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-    if (lane == 0) smem[kWarps] = v;
-  }
-  __syncthreads();
-  return smem[kWarps];
 }
 
 }  // namespace mta

@@ -1,18 +1,12 @@
-// LARS op entry: validate the bucket once, then dispatch to the CPU or CUDA kernel (DESIGN 3.2).
+// LARS op entry: check the bucket once, then dispatch to the CPU or CUDA kernel
+// (docs/architecture.md, 3.2; the checks follow section 5).
 #include "lars/lars.h"
 
 #include "common/checks.h"
+#include "common/numeric.h"
 
 namespace simclr_ext {
 namespace lars {
-
-namespace {
-
-at::ScalarType state_dtype(at::ScalarType param_dtype) {
-  return param_dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-}  // namespace
 
 void lars_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
                const std::vector<at::Tensor>& momentum_buffers, const std::vector<double>& lrs,
@@ -36,7 +30,7 @@ void lars_step(const std::vector<at::Tensor>& params, const std::vector<at::Tens
                   first.scalar_type() == at::kBFloat16 || first.scalar_type() == at::kHalf,
               "lars_step: params must be float64, float32, bfloat16 or float16, got ",
               first.scalar_type());
-  const at::ScalarType buf_dtype = state_dtype(first.scalar_type());
+  const at::ScalarType buf_dtype = accumulation_dtype(first.scalar_type());
 
   std::vector<at::Tensor> p_live, g_live, v_live;
   std::vector<TensorHyper> hyper;

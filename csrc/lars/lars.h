@@ -1,5 +1,5 @@
-// Fused multi-tensor LARS step (DESIGN 3.2): the entry bound in csrc/bindings.cpp and the
-// per-backend kernels it dispatches to.
+// Fused multi-tensor LARS step (docs/architecture.md, section 3): the entry bound in
+// csrc/bindings.cpp and the per-backend kernels it dispatches to.
 //
 // One call updates one bucket: every tensor on one device with one dtype.
 //   params[i]:           w, any shape, fp64/fp32/bf16/fp16, updated in place

@@ -5,12 +5,12 @@
 // Tensors without layer adaptation skip pass 1. Chunk partials are summed in a fixed order, so
 // a step is deterministic whatever the thread count.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 
+#include "common/numeric.h"
 #include "lars/lars.h"
 #include "lars/lars_math.h"
 
@@ -118,7 +118,7 @@ void lars_step_cpu(const std::vector<at::Tensor>& params, const std::vector<at::
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, params[0].scalar_type(), "lars_step_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        using acc_t = accumulation_t<scalar_t>;
         std::vector<scalar_t*> w_ptr(num_tensors);
         std::vector<const scalar_t*> g_ptr(num_tensors);
         std::vector<acc_t*> v_ptr(num_tensors);

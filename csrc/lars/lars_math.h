@@ -1,5 +1,5 @@
-// LARS formulas shared by the CPU and CUDA kernels (DESIGN 3.2, google-research/simclr's
-// "classic momentum" LARS), written once so the CPU tests exercise what the GPU runs.
+// LARS formulas shared by the CPU and CUDA kernels (docs/architecture.md, 3.1: google-research/
+// simclr's "classic momentum" LARS), written once so the CPU tests exercise what the GPU runs.
 #pragma once
 #include <c10/macros/Macros.h>
 

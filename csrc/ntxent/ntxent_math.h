@@ -1,14 +1,14 @@
-// NT-Xent per-row math, written once for the CPU and the CUDA kernels (DESIGN 3.1).
+// NT-Xent per-row math, written once for the CPU and the CUDA kernels (docs/architecture.md,
+// 2.1).
 // `acc_t` is the accumulation type: float for fp32/bf16/fp16 inputs, double for the fp64 path.
 #pragma once
 #include <c10/macros/Macros.h>
 #include <math.h>
 
+#include "common/numeric.h"  // kNormEps
+
 namespace simclr_ext {
 namespace ntxent {
-
-// Same eps as torch.nn.functional.normalize: u = z / max(||z||, eps).
-constexpr double kNormEps = 1e-12;
 
 C10_HOST_DEVICE inline float exp_acc(float x) { return ::expf(x); }
 C10_HOST_DEVICE inline double exp_acc(double x) { return ::exp(x); }
