@@ -104,7 +104,7 @@ def _views_impl(images, boxes, flip, factors, order, apply_jitter, apply_gray, s
     is_list = not isinstance(images, Tensor)
     device = images[0].device if is_list else images.device
     if device.type == "cpu":
-        out = _crop_out(boxes.shape[0], 3, size, device, channels_last).to(out_dtype)
+        out = _views_out(images[0] if is_list else images, boxes, size, out_dtype, channels_last)
         fn = _C.simclr_views_list if is_list else _C.simclr_views
         return fn(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma,
                   max(kernel_size, 1), out_scale, list(mean or []), list(std or []), out)
@@ -118,7 +118,8 @@ def _views_impl(images, boxes, flip, factors, order, apply_jitter, apply_gray, s
     return y
 
 
-def _views_fake(images0, boxes, size, out_dtype, channels_last):
+def _views_out(images0, boxes, size, out_dtype, channels_last):
+    """An empty result [V, 3, size, size] (the CPU kernel writes it; the fake kernels return it)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty((boxes.shape[0], 3, size, size), dtype=out_dtype, device=images0.device,
                        memory_format=fmt)
@@ -138,7 +139,7 @@ def _views_op(images: Tensor, boxes: Tensor, flip: Tensor, factors: Tensor, orde
 def _(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size, kernel_size,
       out_scale, mean, std, out_dtype, channels_last):
     torch._check(images.dim() == 4 and images.shape[1] == 3, lambda: "images must be [B, 3, H, W]")
-    return _views_fake(images, boxes, size, out_dtype, channels_last)
+    return _views_out(images, boxes, size, out_dtype, channels_last)
 
 
 @torch.library.custom_op("simclr_ext::simclr_views_list", mutates_args=())
@@ -156,7 +157,7 @@ def _views_list_op(images: List[Tensor], boxes: Tensor, flip: Tensor, factors: T
 def _(images, boxes, flip, factors, order, apply_jitter, apply_gray, sigma, size, kernel_size,
       out_scale, mean, std, out_dtype, channels_last):
     torch._check(len(images) > 0, lambda: "images must be a non-empty list")
-    return _views_fake(images[0], boxes, size, out_dtype, channels_last)
+    return _views_out(images[0], boxes, size, out_dtype, channels_last)
 
 
 # --------------------------------------------------------------------------------------------
