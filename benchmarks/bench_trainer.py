@@ -6,6 +6,12 @@ ResNet-18 with small images. The loader side (crop + flip) is the same for both 
     python -m pytest benchmarks/bench_trainer.py --benchmark-only --benchmark-json=/tmp/trainer.json
 
 extra_info: op, impl, device, case, images_per_s (images, not views), peak_mib.
+
+test_trainer_augment: the whole step of the main job as python/train.py runs it now, from the
+decoded uint8 images to the LARS update, with --augment fused (simclr_ext.SimCLRAugment) vs
+--augment torchvision (the same views per view with torchvision's functional ops), beside the
+previous data path (crop + flip per image on the loader, TwoViews, then DeviceAugment's color +
+blur on the device), all with the fused loss and LARS.
 """
 import pytest
 import torch
@@ -70,3 +76,75 @@ def _trainer_step(benchmark, bench_device, impl):
         op="trainer_step", impl=impl, device=bench_device,
         case=f"resnet18 width {width}, batch {batch}, {size}px",
         images_per_s=batch / benchmark.stats.stats.mean, peak_mib=mib)
+
+
+AUGMENTS = ["fused", "torchvision", "loader_crop"]
+
+
+def make_augment_step(augment: str, where: str, width: int, batch: int, size: int):
+    """A trainer step from a uint8 batch (source images of the view size, as the main job's
+    shapes data): augmentation as --augment `augment` (loader_crop: TwoViews + DeviceAugment,
+    the data path before SimCLRAugment), then forward, NT-Xent, backward, LARS."""
+    import simclr_ext
+    from simclr_ext import reference
+    from simclr_ext.data import DeviceAugment, TensorSource, TwoViews, view_seed
+    from simclr_ext.models import SimCLRModel, preferred_memory_format
+    from simclr_ext.recipe import simclr_step
+
+    torch.manual_seed(0)
+    if where == "cpu":
+        torch.set_num_threads(1)  # as python/train.py's default --threads 1
+    dev = torch.device(where)
+    model = SimCLRModel("resnet18", size, "nonlinear", width=width).to(dev)
+    fmt = preferred_memory_format(model, dev)
+    model = model.to(memory_format=fmt)
+    opt = simclr_ext.LARS(simclr_ext.simclr_param_groups(model, 1e-6), lr=0.3, momentum=0.9,
+                          weight_decay=1e-6)
+    crit = simclr_ext.NTXentLoss(temperature=0.5)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    gen = torch.Generator(dev)
+    amp = torch.bfloat16 if where == "cuda" else None
+    if augment == "loader_crop":
+        source = TensorSource(images, torch.zeros(batch, dtype=torch.int64), 10)
+        views_ds = TwoViews(source, size)
+        device_aug = DeviceAugment(simclr_ext.ColorDistortion, size, 1.0, 0.5, generator=gen,
+                                   memory_format=fmt)
+
+        def make_views():
+            pair = torch.stack([views_ds[i][0] for i in range(batch)]).to(dev)
+            return device_aug(pair.transpose(0, 1).reshape(2 * batch, 3, size, size))
+    else:
+        cls = simclr_ext.SimCLRAugment if augment == "fused" else reference.SimCLRAugment
+        aug = cls(size, blur_p=0.5, generator=gen, channels_last=fmt == torch.channels_last)
+        on_dev = images.to(dev)
+
+        def make_views():
+            gen.manual_seed(view_seed(0, 0, 0, 0))
+            return aug(on_dev)
+
+    def step():
+        simclr_step(model, crit, opt, make_views(), amp_dtype=amp)
+
+    return step
+
+
+@pytest.mark.parametrize("augment", AUGMENTS)
+def test_trainer_augment(benchmark, bench_device, augment):
+    threads = torch.get_num_threads()
+    try:
+        width, batch, size = CASES[bench_device]
+        step = make_augment_step(augment, bench_device, width, batch, size)
+        step()
+
+        def run():
+            step()
+            sync(bench_device)
+
+        benchmark.group = f"trainer-augment-{bench_device}"
+        benchmark.pedantic(run, rounds=5 if bench_device == "cpu" else 20, warmup_rounds=1)
+        benchmark.extra_info.update(
+            op="trainer_step_with_augment", impl="fused" if augment == "fused" else augment,
+            device=bench_device, case=f"resnet18 width {width}, batch {batch}, {size}px, "
+            "from uint8 images", images_per_s=batch / benchmark.stats.stats.median)
+    finally:
+        torch.set_num_threads(threads)

@@ -155,6 +155,7 @@ if [ "$have_ext" -eq 1 ]; then
   # Most telling first: the GPU-only suites, then the shared cpu/cuda suites of the three ops.
   run_boxed cuda_tests $PY -m pytest tests/test_ntxent_cuda.py tests/test_lars_cuda.py \
     tests/test_ntxent.py tests/test_ntxent_precision.py tests/test_lars.py tests/test_color.py \
+    tests/test_resized_crop.py tests/test_blur.py tests/test_simclr_augment.py \
     -m cuda -v -rfE -p no:cacheprovider --continue-on-collection-errors --durations=15 \
     --junitxml="$RES/cuda_tests.xml"
 else
@@ -195,6 +196,7 @@ for tool in memcheck racecheck; do
   # access past a tensor's end is caught.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_boxed "$tool" "$SAN" --tool "$tool" --error-exitcode 3 \
     --target-processes all $PY -m pytest tests/test_ntxent_cuda.py tests/test_color.py \
+    tests/test_resized_crop.py tests/test_blur.py tests/test_simclr_augment.py \
     -m "cuda and sanitize" -v -x -p no:cacheprovider --continue-on-collection-errors
 done
 

@@ -5,8 +5,11 @@
 
 #include <string>
 
+#include "augment/augment.h"
+#include "blur/blur.h"
 #include "color/color.h"
 #include "common/build_info.h"
+#include "crop/crop.h"
 #include "lars/lars.h"
 #include "ntxent/ntxent.h"
 
@@ -75,6 +78,36 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("apply_gray"), pybind11::arg("out"), pybind11::arg("mean"),
         pybind11::arg("std"),
         "Per-image SimCLR color distortion of images into out (returned); mean/std: [] or 3");
+
+  // Resized crop + flip (csrc/crop) and per-image Gaussian blur (csrc/blur): see crop.h and
+  // blur.h for the layouts.
+  m.def("resized_crop", &simclr_ext::crop::resized_crop, pybind11::arg("images"),
+        pybind11::arg("boxes"), pybind11::arg("flip"), pybind11::arg("size"),
+        pybind11::arg("out_scale"), pybind11::arg("channels_last"),
+        "Antialiased resized crops [N, C, size, size] float32 of a [B, C, H, W] batch");
+  m.def("resized_crop_list", &simclr_ext::crop::resized_crop_list, pybind11::arg("images"),
+        pybind11::arg("boxes"), pybind11::arg("flip"), pybind11::arg("size"),
+        pybind11::arg("out_scale"), pybind11::arg("channels_last"),
+        "Antialiased resized crops [N, C, size, size] float32 of a list of [C, H_i, W_i] images");
+  m.def("image_sizes", &simclr_ext::crop::image_sizes, pybind11::arg("images"),
+        pybind11::arg("pin_memory"), "[B, 2] int64 (height, width) of a list of [C, H, W] images");
+  m.def("gaussian_blur", &simclr_ext::blur::gaussian_blur, pybind11::arg("images"),
+        pybind11::arg("sigma"), pybind11::arg("kernel_size"), pybind11::arg("out"),
+        "Per-image separable Gaussian blur into out (may be images: in place); sigma 0 = none");
+
+  // SimCLR's whole view pipeline fused per view on the CPU (csrc/augment): see augment.h.
+  m.def("simclr_views", &simclr_ext::augment::views, pybind11::arg("images"),
+        pybind11::arg("boxes"), pybind11::arg("flip"), pybind11::arg("factors"),
+        pybind11::arg("order"), pybind11::arg("apply_jitter"), pybind11::arg("apply_gray"),
+        pybind11::arg("sigma"), pybind11::arg("kernel_size"), pybind11::arg("out_scale"),
+        pybind11::arg("mean"), pybind11::arg("std"), pybind11::arg("out"),
+        "Crop + flip, color + gray, blur, normalization of every view of a CPU batch into out");
+  m.def("simclr_views_list", &simclr_ext::augment::views_list, pybind11::arg("images"),
+        pybind11::arg("boxes"), pybind11::arg("flip"), pybind11::arg("factors"),
+        pybind11::arg("order"), pybind11::arg("apply_jitter"), pybind11::arg("apply_gray"),
+        pybind11::arg("sigma"), pybind11::arg("kernel_size"), pybind11::arg("out_scale"),
+        pybind11::arg("mean"), pybind11::arg("std"), pybind11::arg("out"),
+        "simclr_views for a list of [3, H_i, W_i] CPU images");
 
   // LARS (csrc/lars): one fused step for a bucket of tensors on one device with one dtype; the
   // per-tensor hyperparameters are host scalars (see lars.h).

@@ -31,9 +31,10 @@ import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext
 
 import simclr_ext
 from simclr_ext import checkpoint as ckpt_lib
+from simclr_ext import reference as simclr_reference
 from simclr_ext import distributed as D
-from simclr_ext.data import (DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews,
-                             bad_image_count, load_sources)
+from simclr_ext.data import (DATASETS, DataError, ResumableSampler, bad_image_count,
+                             collate_images, load_sources, view_seed)
 from simclr_ext.evaluate import format_table, linear_eval, random_init_model
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step
@@ -43,7 +44,10 @@ from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
             "test_size", "batch_size", "epochs", "base_lr", "lr_scaling", "warmup_epochs",
             "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum",
-            "val_fraction")
+            "val_fraction", "augment")
+# --augment: SimCLRAugment's fused kernels, or the same views made per view with torchvision's
+# functional ops (simclr_ext.reference.SimCLRAugment: same sampler, the baseline it is compared to)
+AUGMENTS = ("fused", "torchvision")
 
 
 def build_parser():
@@ -87,7 +91,11 @@ def build_parser():
     o.add_argument("--color-strength", type=float, default=1.0)
     o.add_argument("--blur-p", type=float, default=0.5)
     o.add_argument("--impl", default="fused", choices=IMPLS,
-                   help="fused simclr_ext ops, or their plain-PyTorch references")
+                   help="fused simclr_ext ops (NT-Xent, LARS), or their plain-PyTorch references")
+    o.add_argument("--augment", default="fused", choices=AUGMENTS,
+                   help="the two views per image, made on the training device from the uint8 "
+                        "batch: simclr_ext.SimCLRAugment (fused), or the same views per view with "
+                        "torchvision's functional ops")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -352,10 +360,9 @@ class Setup:
 
 @dataclass
 class Data:
-    pretrain: object  # image sources
+    pretrain: object  # image sources: (uint8 [3, H, W], label)
     train: object
     test: object
-    views: TwoViews
     sampler: ResumableSampler
     local_batch: int
     steps_per_epoch: int
@@ -407,7 +414,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     schedule: WarmupCosine
     scaler: torch.amp.GradScaler
-    augment: DeviceAugment
+    augment: torch.nn.Module  # SimCLRAugment (or its torchvision twin), drawing from aug_gen
     aug_gen: torch.Generator
     peak_lr: float
     guard: LossGuard
@@ -448,26 +455,25 @@ def set_up(args) -> Setup:
 
 
 def load_data(s: Setup) -> Data:
-    """Image sources, the two-view data set and this rank's resumable sampler."""
+    """Image sources and this rank's resumable sampler over the pretraining images."""
     a, info = s.args, s.info
     pre, train, test = load_sources(a.dataset, a.data_dir, a.image_size, a.seed, a.train_size,
                                     a.test_size, a.val_fraction, skip_bad_images=a.skip_bad_images,
                                     bad_log=s.bad_log)
     s.say(f"data: {a.dataset}, {len(pre)} pretraining / {len(train)} train / {len(test)} held-out "
           f"images, {train.num_classes} classes ({time.time() - s.t0:.1f} s)")
-    views = TwoViews(pre, a.image_size, seed=a.seed)
-    sampler = ResumableSampler(len(views), info.rank, info.world_size, seed=a.seed)
+    sampler = ResumableSampler(len(pre), info.rank, info.world_size, seed=a.seed)
     local_batch = a.batch_size // info.world_size
     steps_per_epoch = sampler.per_rank // local_batch
     if steps_per_epoch < 1:
         raise ValueError(f"--batch-size {a.batch_size} is larger than the data set "
-                         f"({len(views)} images)")
-    return Data(pre, train, test, views, sampler, local_batch, steps_per_epoch)
+                         f"({len(pre)} images)")
+    return Data(pre, train, test, sampler, local_batch, steps_per_epoch)
 
 
 def build_training(s: Setup, data: Data) -> Training:
     """Model (global BN + DDP when W > 1, the memory format it runs fastest in), the three ops
-    (--impl), LARS with SimCLR's groups, the lr schedule, the device-side augmentation."""
+    (--impl), LARS with SimCLR's groups, the lr schedule, the augmentation (--augment)."""
     a, dev, world = s.args, s.device, s.info.world_size
     core = SimCLRModel(a.arch, a.image_size, a.head, a.width, a.proj_dim)
     if world > 1:
@@ -479,7 +485,7 @@ def build_training(s: Setup, data: Data) -> Training:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
-    loss_cls, lars_cls, color_cls = build_ops(a.impl)
+    loss_cls, lars_cls, _ = build_ops(a.impl)
     criterion = loss_cls(temperature=a.temperature, gather_distributed=world > 1)
     peak_lr = scaled_lr(a.base_lr, a.batch_size, a.lr_scaling)
     optimizer = lars_cls(simclr_ext.simclr_param_groups(core, a.weight_decay), lr=peak_lr,
@@ -488,9 +494,11 @@ def build_training(s: Setup, data: Data) -> Training:
     schedule = WarmupCosine(peak_lr, a.epochs * data.steps_per_epoch,
                             int(round(warmup * data.steps_per_epoch)))
     scaler = torch.amp.GradScaler(dev.type, enabled=s.precision == "fp16")
-    aug_gen = torch.Generator(dev).manual_seed(a.seed * 1000 + s.info.rank + 1)
-    augment = DeviceAugment(color_cls, a.image_size, a.color_strength, a.blur_p,
-                            generator=aug_gen, memory_format=memory_format)
+    # reseeded before every step (view_seed); the views come in the model's memory format
+    aug_gen = torch.Generator(dev).manual_seed(view_seed(a.seed, 0, 0, s.info.rank))
+    aug_cls = simclr_ext.SimCLRAugment if a.augment == "fused" else simclr_reference.SimCLRAugment
+    augment = aug_cls(a.image_size, color_strength=a.color_strength, blur_p=a.blur_p,
+                      generator=aug_gen, channels_last=memory_format == torch.channels_last)
     return Training(model, core, memory_format, criterion, optimizer, schedule, scaler, augment,
                     aug_gen, peak_lr, LossGuard(dev))
 
@@ -557,11 +565,12 @@ def save_checkpoint(s: Setup, tr: Training, pos: Position, tag: str):
 
 
 def epoch_loader(s: Setup, data: Data, pos: Position):
-    """This rank's batches of the epoch pos.epoch, from step pos.step_in_epoch on."""
-    data.views.set_epoch(pos.epoch)
+    """This rank's batches of the epoch pos.epoch, from step pos.step_in_epoch on: decoded uint8
+    images only (one tensor when the data set has one size, a list otherwise)."""
     data.sampler.set_epoch(pos.epoch, start=pos.step_in_epoch * data.local_batch)
     return torch.utils.data.DataLoader(
-        data.views, batch_size=data.local_batch, sampler=data.sampler, num_workers=s.args.workers,
+        data.pretrain, batch_size=data.local_batch, sampler=data.sampler,
+        num_workers=s.args.workers, collate_fn=collate_images,
         drop_last=True, pin_memory=s.device.type == "cuda", persistent_workers=False,
         generator=torch.Generator().manual_seed(s.args.seed + pos.epoch))
 
@@ -607,14 +616,19 @@ def train_one_epoch(s: Setup, data: Data, tr: Training, pos: Position, stop: Sto
     a = s.args
     log = EpochLog(s, data, pos, tr.guard)
     interrupted = None
-    for pair, _ in epoch_loader(s, data, pos):
+    for images, _ in epoch_loader(s, data, pos):
         if pos.step_in_epoch >= data.steps_per_epoch:
             break
         lr = tr.schedule.apply(tr.optimizer, pos.global_step)
-        b = pair.shape[0]
-        # [B, 2, 3, S, S] -> [2B, 3, S, S]: all first views, then all second views
-        x = pair.to(s.device, non_blocking=True).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
-        x = tr.augment(x)  # float32, normalized, in the model's memory format
+        b = len(images)
+        if isinstance(images, torch.Tensor):
+            images = images.to(s.device, non_blocking=True)
+        else:  # images of different sizes: SimCLRAugment reads them where they are
+            images = [img.to(s.device, non_blocking=True) for img in images]
+        # the views of this step depend on (seed, epoch, step, rank) only: exact resume
+        tr.aug_gen.manual_seed(view_seed(a.seed, pos.epoch, pos.step_in_epoch, s.info.rank))
+        x = tr.augment(images)  # [2B, 3, S, S]: all first views, then all second views; float32,
+        #                         normalized, in the model's memory format
         criterion = tr.criterion if a.nan_at_step != pos.global_step + 1 else PoisonedLoss(tr.criterion)
         loss = simclr_step(tr.model, criterion, tr.optimizer, x, tr.scaler, s.amp_dtype)
         pos.global_step += 1
@@ -642,7 +656,8 @@ def pretrain(s: Setup, data: Data, tr: Training, pos: Position):
     s.say(f"pretraining: {a.arch} (width {a.width}, "
           f"{sum(p.numel() for p in tr.core.parameters()) / 1e6:.2f} M params) on {s.device} x "
           f"{s.info.world_size}, {s.precision}, global batch {a.batch_size}, {a.epochs} epochs x "
-          f"{data.steps_per_epoch} steps, peak lr {tr.peak_lr:.3g}, impl {a.impl}")
+          f"{data.steps_per_epoch} steps, peak lr {tr.peak_lr:.3g}, impl {a.impl}, augment "
+          f"{a.augment}")
     interrupted = None
     with StopFlag() as stop:
         while pos.epoch < a.epochs and interrupted is None:

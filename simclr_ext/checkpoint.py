@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 FORMAT = "simclr_ext-checkpoint"
-VERSION = 1
+# 2: the trainer's views come from SimCLRAugment on the device, seeded per step (--augment); a
+# version-1 run cannot continue with the views it started with.
+VERSION = 2
 LAST = "checkpoint_last.pt"
 PREV = "checkpoint_prev.pt"
 

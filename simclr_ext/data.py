@@ -1,10 +1,13 @@
 """Data for SimCLR: the embedded procedural shapes data set (no files, no download), ImageFolder
-directories, CIFAR-10/100 and STL-10 from a local directory; the two-view pipeline
-(RandomResizedCrop + flip as uint8 on the loader workers, then color distortion with fused
-normalization and Gaussian blur on the training device); a resumable distributed sampler.
+directories, CIFAR-10/100 and STL-10 from a local directory; the trainer's batches of decoded
+uint8 images (`collate_images`: one tensor when the data set has one size, a list otherwise),
+whose two views per image simclr_ext.SimCLRAugment makes on the training device, seeded per
+step (`view_seed`); a resumable distributed sampler. The older split, crop + flip on the loader
+(`TwoViews`, `OneView`: fine-tuning uses it) and color + blur on the device (`DeviceAugment`),
+is kept for fine-tuning and as the trainer benchmark's baseline.
 
-Every random choice of the loader side is a pure function of (seed, epoch, sample index), so a
-view does not depend on worker count or on where a resumed run restarts.
+Every random choice is a pure function of (seed, epoch, step or sample index, rank), so a view
+does not depend on worker count or on where a resumed run restarts.
 """
 import math
 import os
@@ -383,6 +386,25 @@ class EvalView(Dataset):
     def __getitem__(self, i):
         img, target = self.source[i]
         return resize_center(img, self.size), target
+
+
+def collate_images(batch):
+    """(uint8 [3, H, W] image, label) pairs -> (images, labels [B] int64): images one
+    [B, 3, H, W] tensor when every image has the same size, else the list of them
+    (SimCLRAugment takes either; a list is read in place, never padded or packed)."""
+    images = [img for img, _ in batch]
+    labels = torch.tensor([t for _, t in batch], dtype=torch.int64)
+    first = images[0].shape
+    if all(img.shape == first for img in images):
+        return torch.stack(images), labels
+    return images, labels
+
+
+def view_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """The augmentation generator's seed for one step of one rank: the views of a step are a
+    function of (seed, epoch, step in epoch, rank) alone, so a resumed run makes the same views
+    without any saved generator state, and every rank draws different parameters."""
+    return (((seed * 1_000_003 + epoch) * 10_000_019 + step) * 1_009 + rank) % (2**63)
 
 
 class ResumableSampler(Sampler):

@@ -336,3 +336,76 @@ class ForeachLARS(LARS):
             else:
                 torch._foreach_sub_(params, bufs)
         return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Crop, flip and blur (docs/architecture.md section 10): per-image torchvision loops
+# --------------------------------------------------------------------------------------------
+def resized_crop(images, boxes: Tensor, size: int, flip: Optional[Tensor] = None, *,
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """simclr_ext.resized_crop, crop by crop with torchvision: resized_crop(img.to(dtype), top,
+    left, height, width, [size, size], antialias=True), then hflip where flip is set. Crop n
+    reads image n % B. dtype float64 gives the float64 twin."""
+    import torchvision.transforms.v2.functional as TF
+
+    batch = len(images)
+    rows, mirrored = boxes.tolist(), (flip.tolist() if flip is not None else None)
+    outs = []
+    for n, (top, left, height, width) in enumerate(rows):
+        x = TF.resized_crop(images[n % batch].to(dtype), top, left, height, width, [size, size],
+                            antialias=True)
+        if mirrored is not None and mirrored[n]:
+            x = TF.hflip(x)
+        outs.append(x)
+    return torch.stack(outs)
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """simclr_ext.gaussian_blur, image by image: torchvision's gaussian_blur(img, [k, k],
+    [s, s]) where s > 0, the image itself where s == 0."""
+    import torchvision.transforms.v2.functional as TF
+
+    outs = [TF.gaussian_blur(x, [kernel_size, kernel_size], [s, s]) if s > 0 else x.clone()
+            for x, s in zip(images, sigma.tolist())]
+    return torch.stack(outs)
+
+
+class SimCLRAugment(nn.Module):
+    """simclr_ext.SimCLRAugment with a per-view torchvision loop: same constructor, same sampler
+    (so one generator state gives the same parameters and, within float rounding, the same
+    views), in torchvision's order: resized_crop (antialias) of img.float(), hflip, to [0, 1],
+    the color ops in the view's order, grayscale, gaussian_blur, normalize, out_dtype, layout.
+    The trainer's --augment torchvision path."""
+
+    def __init__(self, image_size: int, **kwargs):
+        super().__init__()
+        from .pipeline import SimCLRAugment as Fused
+
+        # The fused module validates the arguments and owns the sampler.
+        self._sampler = Fused(image_size, **kwargs)
+        for name in ("image_size", "blur_kernel", "mean", "std", "out_dtype", "channels_last",
+                     "generator", "blur_p"):
+            setattr(self, name, getattr(self._sampler, name))
+
+    def sample(self, images):
+        return self._sampler.sample(images)
+
+    def apply(self, images, params) -> Tensor:
+        import torchvision.transforms.v2.functional as TF
+
+        uint8 = images[0].dtype == torch.uint8
+        x = resized_crop(images, params.boxes, self.image_size, params.flip)
+        if uint8:
+            x = x / 255
+        x = color_distort(x, *params.color)
+        if self.blur_p > 0:
+            x = gaussian_blur(x, params.sigma, self.blur_kernel)
+        if self.mean is not None:
+            x = TF.normalize(x, list(self.mean), list(self.std))
+        x = x.to(self.out_dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images) -> Tensor:
+        return self.apply(images, self.sample(images))

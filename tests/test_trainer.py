@@ -2,6 +2,7 @@
 exact resume, atomic checkpoints, clear errors, and the main command end to end."""
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -179,6 +180,51 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
         ckpt_lib.load(str(tmp_path / "missing"))
 
 
+def test_augment_torchvision_trains_like_fused(tmp_path, scripts):
+    """--augment torchvision makes the views per view with torchvision's ops from the same
+    parameters: the first step (same weights, views equal to ~1e-5) has the same loss. Later
+    steps drift apart: at this lr the run amplifies float rounding, so only the first is
+    compared (test_trainer_parts compares the views of any step)."""
+    train = scripts.train
+    common = TINY + ["--epochs", "1", "--no-eval"]
+    assert train.main(common + ["--run-dir", str(tmp_path / "f")]) == 0
+    assert train.main(common + ["--run-dir", str(tmp_path / "t"), "--augment", "torchvision"]) == 0
+    assert _state(tmp_path / "t")["config"]["augment"] == "torchvision"
+    losses = {}
+    for name in ("f", "t"):
+        recs = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in recs if r["kind"] == "train"]
+    assert len(losses["t"]) == 3 and all(math.isfinite(v) for v in losses["t"])
+    assert losses["t"][0] == pytest.approx(losses["f"][0], rel=1e-5)
+
+
+def test_imagefolder_of_mixed_sizes_trains_and_resumes_exactly(tmp_path, scripts):
+    """Images of different sizes reach SimCLRAugment as a list; the views are a function of
+    (seed, epoch, step, rank), so a resumed run matches one that never stopped."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(3)
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            h, w = (int(v) for v in torch.randint(12, 40, (2,), generator=g))
+            px = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(px).save(root / c / f"{i}.png")
+    train = scripts.train
+    common = ["--dataset", "imagefolder", "--data-dir", str(root), "--batch-size", "8",
+              "--width", "4", "--image-size", "16", "--no-progress", "--epochs", "2", "--no-eval",
+              "--val-fraction", "0.25"]
+    assert train.main(common + ["--run-dir", str(tmp_path / "straight")]) == 0
+    rc = train.main(common + ["--run-dir", str(tmp_path / "cut"), "--stop-at-step", "3"])
+    assert rc == 128 + 15
+    assert train.main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "cut")
+    assert a["global_step"] == b["global_step"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), f"{k} differs after resume"
+
+
 def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     train = scripts.train
     run = tmp_path / "run"
@@ -189,6 +235,9 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "does not match" in err and "--width 8" in err and "checkpoint: 4" in err
+    with pytest.raises(SystemExit):  # the augmentation defines the run too
+        train.main(["--resume", str(run), "--augment", "torchvision"])
+    assert "--augment 'torchvision' (checkpoint: 'fused')" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a fresh run may not overwrite a run directory
         train.main(TINY + ["--epochs", "1", "--run-dir", str(run)])
     assert "already holds a run" in capsys.readouterr().err
@@ -213,6 +262,7 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     (["--temperature", "0"], "--temperature must be > 0"),
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
+    (["--augment", "kornia"], "invalid choice: 'kornia'"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys, scripts):
     train = scripts.train

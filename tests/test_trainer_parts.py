@@ -1,14 +1,15 @@
 """The trainer's library parts: embedded data set, views, sampler, models, schedule, blur, the
-device-side augmentation."""
+device-side augmentation, the uint8 batches and per-step view seeds of the SimCLRAugment path."""
 import math
 
 import pytest
 import torch
 
 import simclr_ext
+from simclr_ext import reference
 from simclr_ext.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, DeviceAugment, OneView,
-                             ResumableSampler, TensorSource, TwoViews, gaussian_blur, load_sources,
-                             make_shapes, normalize)
+                             ResumableSampler, TensorSource, TwoViews, collate_images,
+                             gaussian_blur, load_sources, make_shapes, normalize, view_seed)
 from simclr_ext.models import SimCLRModel
 from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
 
@@ -161,3 +162,35 @@ def test_both_impls_run_a_training_step(impl):
     loss = simclr_step(model, loss_cls(temperature=0.5), opt, views)
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_collate_images_stacks_one_size_and_lists_mixed_sizes():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 1000, ())))
+    same = [(torch.randint(0, 256, (3, 12, 10), generator=g, dtype=torch.uint8), i) for i in range(4)]
+    images, labels = collate_images(same)
+    assert images.shape == (4, 3, 12, 10) and images.dtype == torch.uint8
+    assert torch.equal(labels, torch.arange(4)) and torch.equal(images[2], same[2][0])
+    mixed = same[:2] + [(torch.zeros(3, 7, 9, dtype=torch.uint8), 9)]
+    images, labels = collate_images(mixed)
+    assert isinstance(images, list) and [im.shape for im in images] == [(3, 12, 10)] * 2 + [(3, 7, 9)]
+    assert labels.tolist() == [0, 1, 9]
+
+
+def test_view_seed_is_a_function_of_seed_epoch_step_rank():
+    seeds = {view_seed(s, e, t, r) for s in range(2) for e in range(3) for t in range(4) for r in range(2)}
+    assert len(seeds) == 48 and view_seed(1, 2, 3, 1) == view_seed(1, 2, 3, 1)
+    assert all(0 <= x < 2**63 for x in seeds)
+
+
+def test_trainer_augments_fused_and_torchvision_make_the_same_views():
+    # what python/train.py builds for --augment fused / torchvision, reseeded as in a step
+    images = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    out = {}
+    for name, cls in (("fused", simclr_ext.SimCLRAugment), ("torchvision", reference.SimCLRAugment)):
+        g = torch.Generator()
+        aug = cls(16, color_strength=1.0, blur_p=0.5, generator=g, channels_last=True)
+        g.manual_seed(view_seed(0, 1, 2, 0))
+        out[name] = aug(images)
+    assert out["fused"].shape == (12, 3, 16, 16)
+    assert out["fused"].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out["fused"], out["torchvision"], atol=1e-4, rtol=0)
