@@ -108,3 +108,31 @@ def test_both_impls_run_a_training_step(impl):
     loss = simclr_step(model, loss_cls(temperature=0.5), opt, views)
     assert torch.isfinite(loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_objects_is_deterministic_balanced_and_splits_differ():
+    from simclr_ext.objects import OBJECT_NAMES, make_objects
+
+    seed = int(torch.randint(0, 1000, ()).item())
+    a, la = make_objects(60, 20, seed=seed)
+    b, lb = make_objects(60, 20, seed=seed)
+    c, _ = make_objects(60, 20, seed=seed + 1)
+    assert a.dtype == torch.uint8 and a.shape == (60, 3, 20, 20) and la.dtype == torch.int64
+    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+    assert la.bincount(minlength=len(OBJECT_NAMES)).tolist() == [6] * 10  # balanced classes
+    _, tr, te = load_sources("objects", image_size=16, train_size=40, test_size=20)
+    assert tr.num_classes == 10 and len(tr) == 40 and not torch.equal(tr.images[:20], te.images)
+    with pytest.raises(ValueError, match="num_classes"):
+        make_objects(4, 16, num_classes=11)
+
+
+def test_objects_class_is_not_in_global_color_or_layout_statistics():
+    # the nuisances (colors, position, background) are drawn independently of the class: the
+    # per-class mean images are far closer to each other than two single images are
+    from simclr_ext.objects import make_objects
+
+    x, y = make_objects(1000, 24, seed=int(torch.randint(0, 1000, ()).item()))
+    means = torch.stack([x[y == k].float().mean(0) for k in range(10)])
+    spread_means = (means - means.mean(0)).abs().mean()
+    spread_images = (x[:100].float() - x[100:200].float()).abs().mean()
+    assert spread_means < 0.25 * spread_images
