@@ -32,18 +32,16 @@ from simclr_ext.supervised import train_supervised  # noqa: E402
 
 # The recipe before this study (python/train.py's defaults), at a short budget.
 BASE = dict(image_size=None, crop=0.08, color=1.0, blur=0.5, base_lr=0.075, lr_scaling="sqrt",
-            temperature=0.2, width=16, epochs=10, batch_size=128, train_size=2000, test_size=1000)
+            temperature=0.2, width=16, epochs=15, batch_size=128, train_size=2000, test_size=1000)
 # native sizes of the embedded sets as the study renders them
-NATIVE = {"shapes": 24, "objects": 32}
+NATIVE = {"shapes": 24, "objects": 24}
 
-# one knob at a time from BASE (names are "knob=value" so a table reads them directly)
-RANK = [
-    {},
-    {"crop": 0.2}, {"crop": 0.35},
-    {"color": 0.5}, {"blur": 0.0}, {"color": 0.5, "blur": 0.0},
-    {"temperature": 0.5}, {"temperature": 0.1},
-    {"base_lr": 0.0375}, {"base_lr": 0.15},
-]
+# BASE, the candidate (the paper's CIFAR augmentation: color 0.5, no blur; a crop lower bound
+# that keeps small objects in view), then one knob of the candidate at a time back or beyond
+CAND = {"crop": 0.35, "color": 0.5, "blur": 0.0}
+RANK = [{}, CAND] + [dict(CAND, **k) for k in (
+    {"crop": 0.2}, {"crop": 0.08}, {"color": 1.0}, {"blur": 0.5}, {"temperature": 0.5},
+    {"base_lr": 0.15}, {"base_lr": 0.0375})]
 
 
 def variant_name(v):
@@ -131,8 +129,40 @@ def linear(encoder, tr, te, size, dev, k, seed=0):
     return res
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def report(path):
+    """Markdown tables of a study file: one per data set and budget."""
+    data = json.load(open(path))
+    groups = {}
+    for r in data["runs"]:
+        groups.setdefault(r["key"].split("|")[0], []).append(r)
+    print(f"machine: {data.get('machine')}\n")
+    for budget, runs in groups.items():
+        rnd = next((r for r in runs if r["kind"] == "random init"), None)
+        print(f"#### {budget}\n")
+        print("| run | linear top-1 % | kNN top-1 % | final loss | pos. cosine | align | uniform | eff. rank | s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in runs:
+            name = {"random init": "random init", "supervised": f"supervised (crop {r['config']['crop']})"}.get(r["kind"], r.get("variant"))
+            loss = f"{r['epochs_log'][-1]['loss']:.2f}" if "epochs_log" in r else "-"
+            st = [f"{r[k]:.2f}" if k in r else "-" for k in ("pos_cos", "align", "uniform")]
+            er = f"{r['erank']:.1f}" if "erank" in r else "-"
+            delta = f" ({r['top1'] - rnd['top1']:+.1f})" if rnd and r["kind"] == "simclr" else ""
+            knn = f"{r['knn_top1']:.1f}" if "knn_top1" in r else "-"
+            print(f"| {name} | {r['top1']:.1f}{delta} | {knn} | {loss} | {' | '.join(st)} | {er} | {r['seconds']:.0f} |")
+        print()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--report", action="store_true", help="print the tables of --out and exit")
     p.add_argument("--plan", default="rank", choices=["rank", "single"])
     p.add_argument("--datasets", default="objects,shapes")
     p.add_argument("--only", default=None,
@@ -140,11 +170,13 @@ def main():
     p.add_argument("--set", default="", help="override BASE knobs for every run, e.g. epochs=30,train_size=4000")
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
     p.add_argument("--monitor-every", type=int, default=0, help="epochs between monitor points (0: none)")
-    p.add_argument("--baselines", default="random,supervised", help="random, supervised, or none")
+    p.add_argument("--baselines", default="random", help="random or none (the supervised ceiling is a job: 'objects:kind=supervised,crop=0.35')")
     p.add_argument("--redo", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.report:
+        return report(args.out)
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
 
@@ -152,9 +184,9 @@ def main():
         out = {}
         for kv in filter(None, s.split(",")):
             k, v = kv.split("=")
-            if k not in BASE:
+            if k not in BASE and k != "kind":
                 raise SystemExit(f"unknown knob {k!r}; expected one of {sorted(BASE)}")
-            out[k] = v if k == "lr_scaling" else (int(float(v)) if k in ("width", "epochs", "batch_size", "train_size", "test_size", "image_size") else float(v))
+            out[k] = v if k in ("lr_scaling", "kind") else (int(float(v)) if k in ("width", "epochs", "batch_size", "train_size", "test_size", "image_size") else float(v))
         return out
 
     base = dict(BASE, **parse_kv(args.set))
@@ -167,7 +199,7 @@ def main():
         jobs = [(ds, v) for v in RANK for ds in args.datasets.split(",")]
 
     data = json.load(open(args.out)) if os.path.exists(args.out) else {"runs": []}
-    data["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, {args.threads} thread(s)"
+    data["machine"] = f"{cpu_name()}, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}, {args.threads} thread(s)"
 
     def save():
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -199,7 +231,9 @@ def main():
                                  "config": cfg, **res, "seconds": time.time() - t})
             print(f"[{budget}] random init: {res}", flush=True)
             save()
-        if "supervised" in args.baselines and not v and not done(budget + f"|supervised|crop={cfg['crop']}"):
+        supervised = v.pop("kind", "simclr") == "supervised"
+        cfg.pop("kind", None)
+        if supervised and not done(budget + f"|supervised|crop={cfg['crop']}"):
             res = train_supervised(tr, te, cfg["image_size"], tr.num_classes, width=cfg["width"],
                                    epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                    crop_scale=(cfg["crop"], 1.0), seed=args.seed)
@@ -208,7 +242,7 @@ def main():
             print(f"[{budget}] supervised (crop {cfg['crop']}): {res}", flush=True)
             save()
         key = budget + "|simclr|" + variant_name(v)
-        if done(key):
+        if supervised or done(key):
             continue
         t = time.time()
         mon = None

@@ -94,9 +94,10 @@ def make_objects(n: int, image_size: int = 32, seed: int = 0, num_classes: int =
     """n labeled images (uint8 [n, 3, S, S], int64 [n]), a pure function of (n, size, seed).
 
     Per image: background = palette color + a strong linear gradient + a low-frequency texture;
-    0-3 thin clutter lines across the image; a distractor object of another class at about half
-    the size; the object (the label) with a radius of 12-25% of the side, rotated +-30 degrees,
-    anywhere in the image; with probability 0.5 an occluding patch over part of it; pixel noise.
+    0-2 thin clutter lines across the image; with probability 0.5 a distractor object of another
+    class at 35-50% of the size; the object (the label) with a radius of 16-30% of the side,
+    rotated +-30 degrees, anywhere in the image; with probability 0.3 an occluding patch over a
+    corner of it; pixel noise.
     """
     if not 1 <= num_classes <= len(OBJECT_NAMES):
         raise ValueError(f"num_classes: objects has at most {len(OBJECT_NAMES)} classes, got {num_classes}")
@@ -135,41 +136,42 @@ def make_objects(n: int, image_size: int = 32, seed: int = 0, num_classes: int =
                * torch.sin(freq[:, 1, None, None] * math.pi * tv + phase[:, 1, None, None]))
         tamp = 0.1 * rnd(b)
         img = bg[:, :, None, None] + (gamp[:, None, None] * ramp + tamp[:, None, None] * tex)[:, None]
-        # line clutter: 0-3 thin lines across the whole image, random colors
-        nlines = torch.randint(0, 4, (b,), generator=g)
-        for k in range(3):
+        # line clutter: 0-2 thin lines across the whole image, random colors
+        nlines = torch.randint(0, 3, (b,), generator=g)
+        for k in range(2):
             ang = rnd(b) * math.pi
             off = (rnd(b) * 2 - 1) * 0.8
             d = (torch.cos(ang)[:, None, None] * gx + torch.sin(ang)[:, None, None] * gy - off[:, None, None]).abs()
             on = (d < 0.5 * px * (0.8 + 0.6 * rnd(b))[:, None, None]) & (nlines > k)[:, None, None]
             lcol = rnd(b, 3)
             img = torch.where(on[:, None], lcol[:, :, None, None], img)
-        # the object: radius 12-25% of the side, anywhere (mostly inside), rotated +-30 degrees
-        scale = 0.24 + 0.26 * rnd(b)
+        # the object: radius 16-30% of the side, anywhere (mostly inside), rotated +-30 degrees
+        scale = 0.32 + 0.28 * rnd(b)
         cx = (rnd(b) * 2 - 1) * (1 - scale)
         cy = (rnd(b) * 2 - 1) * (1 - scale)
         theta = (rnd(b) * 2 - 1) * math.radians(30)
-        # distractor: another class, half to two thirds the size, on the other side of the image
+        # distractor (p 0.5): another class, 35-50% of the size, on the other side of the image
         dlab = (lab + 1 + torch.randint(0, num_classes - 1, (b,), generator=g)) % num_classes if num_classes > 1 else lab
-        dscale = scale * (0.45 + 0.2 * rnd(b))
+        dscale = scale * (0.35 + 0.15 * rnd(b))
+        has_d = rnd(b) < 0.5
         dcx = (-torch.sign(cx) * rnd(b)) * (1 - dscale)
         dcy = (-torch.sign(cy) * rnd(b)) * (1 - dscale)
         dtheta = (rnd(b) * 2 - 1) * math.radians(30)
-        # strokes 1.1-1.6 output pixels wide, whatever the object's size
-        half_t = (0.5 * px * (1.1 + 0.5 * rnd(b)))
+        # strokes 1.2-1.8 output pixels wide, whatever the object's size
+        half_t = (0.5 * px * (1.2 + 0.6 * rnd(b)))
         du, dv = _frame(gx, gy, dcx, dcy, dtheta, dscale)
-        dmask = _masks(dlab, du, dv, (half_t / dscale)[:, None, None], num_classes)
+        dmask = _masks(dlab, du, dv, (half_t / dscale)[:, None, None], num_classes) & has_d[:, None, None]
         img = torch.where(dmask[:, None], dcol[:, :, None, None], img)
         u, v = _frame(gx, gy, cx, cy, theta, scale)
         mask = _masks(lab, u, v, (half_t / scale)[:, None, None], num_classes)
         shade = 1 + 0.15 * (rnd(b) * 2 - 1)[:, None, None] * (u.clamp(-1, 1))  # a little shading
         obj = (fg[:, :, None, None] * shade[:, None]).clamp(0, 1)
         img = torch.where(mask[:, None], obj, img)
-        # occlusion: with p 0.5, a patch of another color covering a corner of the object
-        occ = rnd(b) < 0.5
+        # occlusion: with p 0.3, a patch of another color covering a corner of the object
+        occ = rnd(b) < 0.3
         ox = cx + torch.where(rnd(b) < 0.5, -1.0, 1.0) * scale * (0.5 + 0.5 * rnd(b))
         oy = cy + torch.where(rnd(b) < 0.5, -1.0, 1.0) * scale * (0.5 + 0.5 * rnd(b))
-        ow = scale * (0.4 + 0.3 * rnd(b))
+        ow = scale * (0.3 + 0.25 * rnd(b))
         patch = (((gx[None] - ox[:, None, None]).abs() < ow[:, None, None])
                  & ((gy[None] - oy[:, None, None]).abs() < ow[:, None, None]) & occ[:, None, None])
         img = torch.where(patch[:, None], ocol[:, :, None, None], img)
