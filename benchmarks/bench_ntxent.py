@@ -7,15 +7,10 @@ A reference that runs out of memory is skipped with the reason recorded.
 
     python -m pytest benchmarks/bench_ntxent.py --benchmark-only --benchmark-json=/tmp/ntxent.json
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402  (puts an in-place build first on sys.path)
+import harness  # first: puts an in-place build ahead of an installed simclr_ext
 
 import simclr_ext  # noqa: E402
 from simclr_ext import reference  # noqa: E402

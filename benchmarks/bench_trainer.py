@@ -1,21 +1,16 @@
 """Training throughput of the SimCLR trainer's step with the fused ops vs their plain-PyTorch
-references (--impl fused / reference): device-side color distortion + blur + normalization, then
-forward, NT-Xent, backward and LARS on a ResNet-18 with small images. The loader side
-(crop + flip) is the same for both and left out.
+references (--impl fused / reference): device-side color distortion with fused normalization,
+then blur, written in the model's memory format; forward, NT-Xent, backward and LARS on a
+ResNet-18 with small images. The loader side (crop + flip) is the same for both and left out.
 
     python -m pytest benchmarks/bench_trainer.py --benchmark-only --benchmark-json=/tmp/trainer.json
 
 extra_info: op, impl, device, case, images_per_s (images, not views), peak_mib.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import peak_mib, sync  # noqa: E402  (puts an in-place build first on sys.path)
+from harness import peak_mib, sync  # first: puts an in-place build ahead of an installed simclr_ext
 
 # (width, global batch, image side) per device: the CPU case is the main job's model
 CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}
@@ -23,6 +18,7 @@ CASES = {"cpu": (16, 128, 24), "cuda": (64, 512, 32)}
 
 def make_step(impl: str, where: str, width: int, batch: int, size: int):
     """Build a trainer step on fixed uint8 views; returns the zero-argument step."""
+    import simclr_ext
     from simclr_ext.data import DeviceAugment
     from simclr_ext.models import SimCLRModel, preferred_memory_format
     from simclr_ext.recipe import build_ops, simclr_step
@@ -35,15 +31,15 @@ def make_step(impl: str, where: str, width: int, batch: int, size: int):
     model = SimCLRModel("resnet18", size, "nonlinear", width=width).to(dev)
     fmt = preferred_memory_format(model, dev)  # as python/train.py decides
     model = model.to(memory_format=fmt)
-    opt = lars_cls(lars_cls.exclude_bias_and_norm(model, 1e-6), lr=0.3, momentum=0.9, weight_decay=1e-6)
+    opt = lars_cls(simclr_ext.simclr_param_groups(model, 1e-6), lr=0.3, momentum=0.9, weight_decay=1e-6)
     crit = loss_cls(temperature=0.5)
-    augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0)).to(dev)
+    augment = DeviceAugment(color_cls, size, 0.5, 0.5, generator=torch.Generator(dev).manual_seed(0),
+                            memory_format=fmt)
     views = torch.randint(0, 256, (2 * batch, 3, size, size), dtype=torch.uint8, device=dev)
     amp = torch.bfloat16 if where == "cuda" else None
 
     def step():
-        x = augment(views).contiguous(memory_format=fmt)
-        simclr_step(model, crit, opt, x, amp_dtype=amp)
+        simclr_step(model, crit, opt, augment(views), amp_dtype=amp)
 
     return step
 

@@ -4,15 +4,11 @@ distortions of each (fused kernel, strength 1, p = 0.8, p_gray = 0.2, fixed seed
 Run from the repository root: python benchmarks/color_grid.py
 """
 import math
-import sys
-from pathlib import Path
 
-import torch
-from torchvision.utils import make_grid, save_image
+import harness  # first: puts an in-place build ahead of an installed simclr_ext
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import harness  # noqa: E402,F401  (puts an in-place build first on sys.path)
+import torch  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
 
 import simclr_ext  # noqa: E402
 
@@ -59,7 +55,7 @@ def main():
     columns = [images.float() / 255] + [distort(images) for _ in range(VARIANTS)]
     tiles = torch.stack(columns, dim=1).flatten(0, 1)  # row = one image and its distortions
     grid = make_grid(tiles, nrow=VARIANTS + 1, padding=4, pad_value=1.0)
-    out = ROOT / "docs" / "color_distortion_grid.png"
+    out = harness.ROOT / "docs" / "color_distortion_grid.png"
     out.parent.mkdir(exist_ok=True)
     save_image(grid, out)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")

@@ -4,13 +4,8 @@ Every benchmark records extra_info: op, impl (fused / reference / compiled / lib
 device, shape, peak_mib. benchmarks/run_benchmarks.py saves the JSON under
 benchmarks/results/<device>/ and benchmarks/report.py turns it into README's tables.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -1,6 +1,9 @@
-"""Benchmark helpers: peak memory of one call (CPU: a fresh subprocess's peak RSS over its
-baseline; CUDA: torch.cuda.max_memory_allocated over the allocated baseline), device naming and
-the result-file location benchmarks/results/<device>/."""
+"""Benchmark helpers: which simclr_ext the benchmarks import, peak memory of one call (CPU: a
+fresh subprocess's peak RSS over its baseline; CUDA: torch.cuda.max_memory_allocated over the
+allocated baseline), device naming and the result-file location benchmarks/results/<device>/.
+
+Every benchmark file and script in benchmarks/ imports this module before simclr_ext (benchmarks/
+is on sys.path: it is the scripts' directory, and pytest adds it for the suites)."""
 import json
 import os
 import platform
@@ -21,8 +24,9 @@ def in_place_build() -> bool:
     return bool(list((ROOT / "simclr_ext").glob("_C*.so")))
 
 
-# Benchmarks import simclr_ext from an in-place build when there is one (development), else the
-# installed package: the source tree alone has no compiled _C and must not shadow it.
+# The one place that decides which simclr_ext the benchmarks measure: an in-place build when
+# there is one (the code being worked on), else the installed package. The source tree alone has
+# no compiled _C and must not shadow an installed package.
 if in_place_build() and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -56,8 +60,8 @@ def results_dir(device: str = "cpu") -> Path:
 
 
 _CHILD = r"""
-import importlib, json, sys
-sys.path[:0] = {paths!r}
+import importlib, json
+import harness  # the working directory is benchmarks/: the same simclr_ext as the parent
 mod_name, fn_name = {target!r}.split(":")
 fn = getattr(importlib.import_module(mod_name), fn_name)(**json.loads({kwargs!r}))
 fn()  # warm-up: thread pools, lazy inits, allocator caches
@@ -80,8 +84,7 @@ def cpu_peak_mib(target: str, **kwargs) -> float:
     target is 'module:function' importable from benchmarks/ or the repository root;
     function(**kwargs) builds the inputs and returns the zero-argument callable to measure.
     """
-    paths = [str(BENCH_DIR)] + ([str(ROOT)] if in_place_build() else [])
-    code = _CHILD.format(paths=paths, target=target, kwargs=json.dumps(kwargs))
+    code = _CHILD.format(target=target, kwargs=json.dumps(kwargs))
     env = dict(os.environ)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env,

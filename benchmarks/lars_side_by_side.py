@@ -7,13 +7,9 @@ busy shared machine slows them alike; complements bench_lars.py's separate runs.
 """
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import harness  # noqa: E402,F401  (puts an in-place build first on sys.path)
+import harness  # noqa: F401  (first: puts an in-place build ahead of an installed simclr_ext)
 
 import torch  # noqa: E402
 

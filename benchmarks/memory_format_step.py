@@ -8,9 +8,11 @@ Why simclr_ext.models.preferred_memory_format keeps channels_last on the CPU whe
 import argparse
 import time
 
-import torch
+import harness  # noqa: F401  (first: puts an in-place build ahead of an installed simclr_ext)
 
-from simclr_ext.models import SimCLRModel
+import torch  # noqa: E402
+
+from simclr_ext.models import SimCLRModel  # noqa: E402
 
 
 def step_times(fmt, args, steps):

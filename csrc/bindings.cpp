@@ -53,12 +53,18 @@ PYBIND11_MODULE(_C, m) {
         "u = z / max(||z||, 1e-12) and the row norms");
   m.def("ntxent_forward", &simclr_ext::ntxent::forward, pybind11::arg("u_rows"),
         pybind11::arg("u_cols"), pybind11::arg("row_offset"), pybind11::arg("temperature"),
-        "(row_loss, row_lse) [R] of this rank's rows against all columns");
+        pybind11::arg("symmetric"), pybind11::arg("tf32") = pybind11::none(),
+        "(row_loss, row_lse) [R] of this rank's rows against all columns; tf32: None = "
+        "ntxent_tf32_enabled() now");
   m.def("ntxent_backward", &simclr_ext::ntxent::backward, pybind11::arg("u_rows"),
         pybind11::arg("u_cols"), pybind11::arg("norm_rows"), pybind11::arg("row_lse"),
         pybind11::arg("col_lse"), pybind11::arg("row_weight"), pybind11::arg("col_weight"),
-        pybind11::arg("row_offset"), pybind11::arg("temperature"),
-        "grad_z [R, D] of sum_k w_k loss_k (normalization backward fused)");
+        pybind11::arg("row_offset"), pybind11::arg("temperature"), pybind11::arg("symmetric"),
+        pybind11::arg("tf32") = pybind11::none(),
+        "grad_z [R, D] of sum_k w_k loss_k (normalization backward fused); tf32: the "
+        "forward's decision");
+  m.def("ntxent_tf32_enabled", &simclr_ext::ntxent::tf32_enabled,
+        "Whether fp32 NT-Xent takes the CUDA TF32 path now (cuBLAS's rule, on this thread)");
 
   // Color distortion (csrc/color): see color.h for the parameter tensors' layout.
   m.def("color_distort", &simclr_ext::color::distort, pybind11::arg("images"),

@@ -8,21 +8,17 @@ held-out split.
 """
 import argparse
 import json
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-try:  # the installed package (pip install .); else the source tree this script sits in,
-    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext, else this tree's in-place build)
 
-from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
-from simclr_ext.data import DATASETS, DataError, EvalView, TwoViews, normalize  # noqa: E402
-from simclr_ext.evaluate import format_table, load_pretrained, topk_accuracy  # noqa: E402
-from simclr_ext.models import build_model  # noqa: E402
+from simclr_ext.checkpoint import CheckpointError
+from simclr_ext.data import DataError, OneView, normalize
+from simclr_ext.evaluate import (add_pretrained_arguments, extract_features, format_table,
+                                 open_pretrained, random_init_model, topk_accuracy)
 
 
 def labeled_subset(labels: torch.Tensor, fraction: float, seed: int):
@@ -56,7 +52,7 @@ def finetune(encoder, feat_dim, train_src, test_src, image_size, dev, epochs, ba
     # SimCLR's fine-tuning recipe: momentum SGD (Nesterov), no weight decay, no warm-up,
     # crops + flips only
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True)
-    views = TwoViews(train_src, image_size, seed=seed)
+    views = OneView(train_src, image_size, seed=seed)
     bs = min(batch_size, len(train_src))
     steps = epochs * max(1, len(train_src) // bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -65,61 +61,43 @@ def finetune(encoder, feat_dim, train_src, test_src, image_size, dev, epochs, ba
     for epoch in range(epochs):
         views.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(views, batch_size=bs, shuffle=True, drop_last=True, generator=g)
-        for pair, y in loader:
-            x = normalize(pair[:, 0].to(dev))  # one crop+flip view per image
-            loss = F.cross_entropy(net(x), y.to(dev))
+        for x, y in loader:
+            loss = F.cross_entropy(net(normalize(x.to(dev))), y.to(dev))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-    net.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for x, y in torch.utils.data.DataLoader(EvalView(test_src, image_size), batch_size=512):
-            logits.append(net(normalize(x.to(dev))).float().cpu())
-            labels.append(y)
-    return topk_accuracy(torch.cat(logits), torch.cat(labels))
+    logits, labels = extract_features(net, test_src, image_size, dev)
+    return topk_accuracy(logits, labels)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    add_pretrained_arguments(p)
     p.add_argument("--label-fraction", type=float, default=0.1, help="e.g. 0.01 or 0.1")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.01, help="momentum SGD learning rate (cosine decay)")
-    p.add_argument("--dataset", default=None, choices=DATASETS)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compare-scratch", action="store_true", help="also train from random init")
-    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     if not 0 < args.label_fraction <= 1:
         p.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be >= 1")
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
     try:
-        ck, cfg, model, train_src, test_src = load_pretrained(args.checkpoint, args.dataset,
-                                                              args.data_dir)
-    except (ckpt_lib.CheckpointError, DataError) as exc:
+        run = open_pretrained(args)
+    except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sub = Subset(train_src, labeled_subset(train_src.labels, args.label_fraction, args.seed))
-    torch.manual_seed(args.seed)
-    res = {"SimCLR fine-tuned": finetune(model.encoder, model.encoder.feature_dim, sub, test_src,
-                                         cfg["image_size"], dev, args.epochs, args.batch_size, args.lr, args.seed)}
+    sub = Subset(run.train_source, labeled_subset(run.train_source.labels, args.label_fraction, args.seed))
+    encoders = {"SimCLR fine-tuned": run.model.encoder}
     if args.compare_scratch:
-        torch.manual_seed(args.seed + 12345)
-        rnd = build_model(cfg)
-        res["random init, supervised"] = finetune(rnd.encoder, rnd.encoder.feature_dim, sub, test_src,
-                                                  cfg["image_size"], dev, args.epochs, args.batch_size,
-                                                  args.lr, args.seed)
-    print(f"fine-tuning on {len(sub)} labeled images ({100 * args.label_fraction:g}% of {cfg['dataset']} train):")
+        encoders["random init, supervised"] = random_init_model(run.cfg, args.seed).encoder
+    res = {name: finetune(enc, enc.feature_dim, sub, run.test_source, run.cfg["image_size"],
+                          run.device, args.epochs, args.batch_size, args.lr, args.seed)
+           for name, enc in encoders.items()}
+    print(f"fine-tuning on {len(sub)} labeled images ({100 * args.label_fraction:g}% of "
+          f"{run.cfg['dataset']} train):")
     print(format_table(res, "model"))
     print(json.dumps(res))
     return 0

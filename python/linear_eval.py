@@ -6,54 +6,38 @@ of un-augmented images, a linear classifier, top-1 / top-5 on the held-out split
 """
 import argparse
 import json
-import os
 import sys
 
-import torch
+import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext, else this tree's in-place build)
 
-try:  # the installed package (pip install .); else the source tree this script sits in,
-    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
-from simclr_ext.data import DATASETS, DataError  # noqa: E402
-from simclr_ext.evaluate import format_table, linear_eval, load_pretrained  # noqa: E402
-from simclr_ext.models import build_model  # noqa: E402
+from simclr_ext.checkpoint import CheckpointError
+from simclr_ext.data import DataError
+from simclr_ext.evaluate import (add_pretrained_arguments, format_table, linear_eval, open_pretrained,
+                                 random_init_model)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="run directory (uses its checkpoint_last.pt) or checkpoint file")
-    p.add_argument("--dataset", default=None, choices=DATASETS, help="default: the pretraining data set")
-    p.add_argument("--data-dir", default=None)
+    add_pretrained_arguments(p)
     p.add_argument("--eval-epochs", type=int, default=100)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--random-baseline", action="store_true", help="also evaluate a random-init encoder")
-    p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     if args.eval_epochs < 1:
         p.error(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
     try:
-        ck, cfg, model, train_src, test_src = load_pretrained(args.checkpoint, args.dataset,
-                                                              args.data_dir)
-    except (ckpt_lib.CheckpointError, DataError) as exc:
+        run = open_pretrained(args)
+    except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results = {"SimCLR": linear_eval(model.encoder.to(dev), train_src, test_src, cfg["image_size"], dev,
-                                     train_src.num_classes, epochs=args.eval_epochs, seed=args.seed)}
+    encoders = {"SimCLR": run.model.encoder}
     if args.random_baseline:
-        torch.manual_seed(args.seed + 12345)
-        rnd = build_model(cfg).to(dev)
-        results["random init"] = linear_eval(rnd.encoder, train_src, test_src, cfg["image_size"], dev,
-                                             train_src.num_classes, epochs=args.eval_epochs, seed=args.seed)
-    print(f"linear evaluation of {ck['path']} (epoch {ck['epoch']}, step {ck['global_step']}) on "
-          f"{cfg['dataset']}:")
+        encoders["random init"] = random_init_model(run.cfg, args.seed).encoder.to(run.device)
+    results = {name: linear_eval(enc, run.train_source, run.test_source, run.cfg["image_size"],
+                                 run.device, run.train_source.num_classes, epochs=args.eval_epochs,
+                                 seed=args.seed)
+               for name, enc in encoders.items()}
+    print(f"linear evaluation of {run.ckpt['path']} (epoch {run.ckpt['epoch']}, step "
+          f"{run.ckpt['global_step']}) on {run.cfg['dataset']}:")
     print(format_table(results))
     print(json.dumps(results))
     return 0

@@ -6,6 +6,10 @@
 One process or torchrun (NCCL on GPU, gloo on CPU); DDP + global batch norm; NT-Xent with
 negatives gathered across ranks; LARS; warm-up + cosine; bf16 autocast on GPU; atomic checkpoints
 every epoch and on SIGTERM / Ctrl-C; --resume continues exactly. See README for the flags.
+
+A run is the steps below, in order (docs/architecture.md, section 7): parse_flags, set_up,
+load_data, build_training, restore, then pretrain (train_one_epoch + save_checkpoint per epoch),
+evaluate and report.
 """
 import argparse
 import json
@@ -15,22 +19,22 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
-try:  # the installed package (pip install .); else the source tree this script sits in,
-    import simclr_ext  # noqa: F401  (built in place: python setup.py build_ext --inplace)
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext, else this tree's in-place build)
 
-from simclr_ext import checkpoint as ckpt_lib  # noqa: E402
-from simclr_ext import distributed as D  # noqa: E402
-from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources  # noqa: E402
-from simclr_ext.evaluate import format_table, linear_eval  # noqa: E402
-from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format  # noqa: E402
-from simclr_ext.recipe import IMPLS, build_ops, simclr_step  # noqa: E402
-from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr  # noqa: E402
+import simclr_ext
+from simclr_ext import checkpoint as ckpt_lib
+from simclr_ext import distributed as D
+from simclr_ext.data import DATASETS, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources
+from simclr_ext.evaluate import format_table, linear_eval, random_init_model
+from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
+from simclr_ext.recipe import IMPLS, build_ops, simclr_step
+from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
 
 # Flags that define the model and the data stream: a resumed run takes them from its checkpoint.
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
@@ -131,6 +135,33 @@ def explicit_flags(argv):
     return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
+def parse_flags(parser, argv):
+    """-> (args, resume checkpoint or None). With --resume, the flags that define the run come
+    from the checkpoint, and an explicitly given one that differs from it is an error."""
+    args = parser.parse_args(argv)
+    resume_ckpt = None
+    if args.resume is not None:
+        try:
+            resume_ckpt = ckpt_lib.load(args.resume)
+        except ckpt_lib.CheckpointError as exc:
+            parser.error(f"--resume: {exc}")
+        given = explicit_flags(argv)
+        saved = resume_ckpt["config"]
+        diff = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (checkpoint: {saved.get(k)!r})"
+                for k in RUN_KEYS if k in given and getattr(args, k) != saved.get(k)]
+        if diff:
+            parser.error(f"--resume: checkpoint {resume_ckpt['path']} does not match this run: "
+                         + ", ".join(diff))
+        for k in RUN_KEYS:
+            setattr(args, k, saved[k])
+        args.run_dir = os.path.dirname(resume_ckpt["path"])
+    validate(parser, args)
+    if resume_ckpt is None and args.run_dir and os.path.exists(os.path.join(args.run_dir, ckpt_lib.LAST)):
+        parser.error(f"--run-dir {args.run_dir} already holds a run; continue it with "
+                     f"--resume {args.run_dir}, or pick another --run-dir")
+    return args, resume_ckpt
+
+
 class StopFlag:
     """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step boundary and exits."""
 
@@ -164,9 +195,37 @@ class Metrics:
                 f.write(json.dumps(rec) + "\n")
 
 
-def make_plot(run_dir, results=None):
-    import matplotlib
+# ------------------------------------------------------------------------------------------
+# Optional libraries ([train] extra): without them a run still succeeds, minus the extra
+# ------------------------------------------------------------------------------------------
+_NOTED = set()
 
+
+def note_missing(module: str, what: str):
+    """One line, once per module: what a missing optional library costs and how to get it."""
+    if module not in _NOTED:
+        _NOTED.add(module)
+        print(f"note: {module} is not installed, so no {what} (pip install {module}, or install "
+              f"simclr_ext with its [train] extra)")
+
+
+def progress_bar(total, initial, desc):
+    """A tqdm bar, or None when tqdm is missing."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        note_missing("tqdm", "progress bar")
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
+
+
+def make_plot(run_dir, results=None) -> bool:
+    """metrics.png (loss, lr, linear-evaluation accuracies); False when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        note_missing("matplotlib", "metrics.png plot")
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -189,237 +248,328 @@ def make_plot(run_dir, results=None):
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=100)
     plt.close(fig)
+    return True
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    resume_ckpt = None
-    if args.resume is not None:
-        try:
-            resume_ckpt = ckpt_lib.load(args.resume)
-        except ckpt_lib.CheckpointError as exc:
-            parser.error(f"--resume: {exc}")
-        given = explicit_flags(argv)
-        saved = resume_ckpt["config"]
-        diff = [f"--{k.replace('_', '-')} {getattr(args, k)!r} (checkpoint: {saved.get(k)!r})"
-                for k in RUN_KEYS if k in given and getattr(args, k) != saved.get(k)]
-        if diff:
-            parser.error(f"--resume: checkpoint {resume_ckpt['path']} does not match this run: "
-                         + ", ".join(diff))
-        for k in RUN_KEYS:
-            setattr(args, k, saved[k])
-        args.run_dir = os.path.dirname(resume_ckpt["path"])
-    validate(parser, args)
-    if resume_ckpt is None and args.run_dir and os.path.exists(os.path.join(args.run_dir, ckpt_lib.LAST)):
-        parser.error(f"--run-dir {args.run_dir} already holds a run; continue it with "
-                     f"--resume {args.run_dir}, or pick another --run-dir")
-    try:
-        return run(args, resume_ckpt)
-    except (DataError, ckpt_lib.CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+# ------------------------------------------------------------------------------------------
+# The steps of a run
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """What every step reads: the flags, the process group and device, the precision, the log."""
+    args: argparse.Namespace
+    info: D.DistInfo
+    precision: str
+    amp_dtype: Optional[torch.dtype]
+    metrics: Metrics
+    t0: float
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def say(self, *a, **k):
+        if self.info.is_main:
+            print(*a, **k)
 
 
-def run(args, resume_ckpt):
+@dataclass
+class Data:
+    pretrain: object  # image sources
+    train: object
+    test: object
+    views: TwoViews
+    sampler: ResumableSampler
+    local_batch: int
+    steps_per_epoch: int
+
+
+@dataclass
+class Training:
+    model: torch.nn.Module  # DDP-wrapped when W > 1
+    core: torch.nn.Module  # the SimCLRModel itself (what is saved and evaluated)
+    memory_format: torch.memory_format
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosine
+    scaler: torch.amp.GradScaler
+    augment: DeviceAugment
+    aug_gen: torch.Generator
+    peak_lr: float
+
+
+@dataclass
+class Position:
+    """Where pretraining stands; saved in every checkpoint."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+def set_up(args) -> Setup:
+    """Process group and device, precision, threads, seeds, run directory and config.json."""
     info = D.init_distributed(args.device)
-    dev, rank, world = info.device, info.rank, info.world_size
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the {world} ranks")
-    local_batch = args.batch_size // world
-    use_cuda = dev.type == "cuda"
-    precision = args.precision if args.precision != "auto" else ("bf16" if use_cuda else "fp32")
+    if args.batch_size % info.world_size:
+        raise ValueError(f"--batch-size {args.batch_size} is not divisible by the "
+                         f"{info.world_size} ranks")
+    precision = args.precision if args.precision != "auto" else (
+        "bf16" if info.device.type == "cuda" else "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-
     if args.run_dir is None:
         args.run_dir = D.broadcast_object(os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     if info.is_main:
         os.makedirs(args.run_dir, exist_ok=True)
-        cfg = dict(vars(args), world_size=world, precision=precision, device=str(dev),
-                   torch=torch.__version__)
+        cfg = dict(vars(args), world_size=info.world_size, precision=precision,
+                   device=str(info.device), torch=torch.__version__)
         with open(os.path.join(args.run_dir, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
     D.barrier()
-    metrics = Metrics(args.run_dir, info.is_main)
-    say = print if info.is_main else (lambda *a, **k: None)
+    return Setup(args, info, precision, amp_dtype, Metrics(args.run_dir, info.is_main), time.time())
 
-    t0 = time.time()
-    pre_src, train_src, test_src = load_sources(
-        args.dataset, args.data_dir, args.image_size, args.seed, args.train_size, args.test_size,
-        args.val_fraction)
-    say(f"data: {args.dataset}, {len(pre_src)} pretraining / {len(train_src)} train / "
-        f"{len(test_src)} held-out images, {train_src.num_classes} classes ({time.time() - t0:.1f} s)")
 
-    views = TwoViews(pre_src, args.image_size, seed=args.seed)
-    sampler = ResumableSampler(len(views), rank, world, seed=args.seed)
+def load_data(s: Setup) -> Data:
+    """Image sources, the two-view data set and this rank's resumable sampler."""
+    a, info = s.args, s.info
+    pre, train, test = load_sources(a.dataset, a.data_dir, a.image_size, a.seed, a.train_size,
+                                    a.test_size, a.val_fraction)
+    s.say(f"data: {a.dataset}, {len(pre)} pretraining / {len(train)} train / {len(test)} held-out "
+          f"images, {train.num_classes} classes ({time.time() - s.t0:.1f} s)")
+    views = TwoViews(pre, a.image_size, seed=a.seed)
+    sampler = ResumableSampler(len(views), info.rank, info.world_size, seed=a.seed)
+    local_batch = a.batch_size // info.world_size
     steps_per_epoch = sampler.per_rank // local_batch
     if steps_per_epoch < 1:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the data set "
+        raise ValueError(f"--batch-size {a.batch_size} is larger than the data set "
                          f"({len(views)} images)")
+    return Data(pre, train, test, views, sampler, local_batch, steps_per_epoch)
 
-    model = SimCLRModel(args.arch, args.image_size, args.head, args.width, args.proj_dim)
+
+def build_training(s: Setup, data: Data) -> Training:
+    """Model (global BN + DDP when W > 1, the memory format it runs fastest in), the three ops
+    (--impl), LARS with SimCLR's groups, the lr schedule, the device-side augmentation."""
+    a, dev, world = s.args, s.device, s.info.world_size
+    core = SimCLRModel(a.arch, a.image_size, a.head, a.width, a.proj_dim)
     if world > 1:
-        model = D.convert_global_batchnorm(model, dev)
-    model = model.to(dev)
+        core = D.convert_global_batchnorm(core, dev)
     # channels_last where it is fast and safe (a oneDNN crash on AVX2 CPUs: docs/known-issues.md)
-    channels_last = preferred_memory_format(model, dev) == torch.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    core = model
+    memory_format = preferred_memory_format(core, dev)
+    core = core.to(dev).to(memory_format=memory_format)
+    model = core
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if use_cuda else None, broadcast_buffers=False)
+            core, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
+    loss_cls, lars_cls, color_cls = build_ops(a.impl)
+    criterion = loss_cls(temperature=a.temperature, gather_distributed=world > 1)
+    peak_lr = scaled_lr(a.base_lr, a.batch_size, a.lr_scaling)
+    optimizer = lars_cls(simclr_ext.simclr_param_groups(core, a.weight_decay), lr=peak_lr,
+                         momentum=a.momentum, weight_decay=a.weight_decay, eta=a.lars_eta)
+    warmup = a.warmup_epochs if a.warmup_epochs is not None else default_warmup_epochs(a.epochs)
+    schedule = WarmupCosine(peak_lr, a.epochs * data.steps_per_epoch,
+                            int(round(warmup * data.steps_per_epoch)))
+    scaler = torch.amp.GradScaler(dev.type, enabled=s.precision == "fp16")
+    aug_gen = torch.Generator(dev).manual_seed(a.seed * 1000 + s.info.rank + 1)
+    augment = DeviceAugment(color_cls, a.image_size, a.color_strength, a.blur_p,
+                            generator=aug_gen, memory_format=memory_format)
+    return Training(model, core, memory_format, criterion, optimizer, schedule, scaler, augment,
+                    aug_gen, peak_lr)
 
-    loss_cls, lars_cls, color_cls = build_ops(args.impl)
-    criterion = loss_cls(temperature=args.temperature, gather_distributed=world > 1)
-    peak_lr = scaled_lr(args.base_lr, args.batch_size, args.lr_scaling)
-    optimizer = lars_cls(lars_cls.exclude_bias_and_norm(core, args.weight_decay), lr=peak_lr,
-                         momentum=args.momentum, weight_decay=args.weight_decay, eta=args.lars_eta)
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(args.epochs)
-    schedule = WarmupCosine(peak_lr, args.epochs * steps_per_epoch, int(round(warmup * steps_per_epoch)))
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    aug_gen = torch.Generator(dev).manual_seed(args.seed * 1000 + rank + 1)
-    augment = DeviceAugment(color_cls, args.image_size, args.color_strength, args.blur_p,
-                            generator=aug_gen).to(dev)
 
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    if resume_ckpt is not None:
-        c = resume_ckpt
-        ckpt_lib.load_model_state(core, c["model"], c["path"])
-        optimizer.load_state_dict(c["optimizer"])
-        scaler.load_state_dict(c["scaler"])
-        if len(c["rng"]) != world:
-            raise ckpt_lib.CheckpointError(
-                f"checkpoint {c['path']} was written by {len(c['rng'])} ranks, this run has {world}")
-        ckpt_lib.set_rng_state(c["rng"][rank], aug_gen)
-        epoch, step_in_epoch, global_step = c["epoch"], c["step_in_epoch"], c["global_step"]
-        say(f"resumed from {c['path']} at epoch {epoch}, step {global_step}")
+def restore(s: Setup, tr: Training, ckpt: dict) -> Position:
+    """Model, optimizer, scaler, this rank's RNG states and the position from a checkpoint."""
+    ckpt_lib.load_model_state(tr.core, ckpt["model"], ckpt["path"])
+    tr.optimizer.load_state_dict(ckpt["optimizer"])
+    tr.scaler.load_state_dict(ckpt["scaler"])
+    if len(ckpt["rng"]) != s.info.world_size:
+        raise ckpt_lib.CheckpointError(
+            f"checkpoint {ckpt['path']} was written by {len(ckpt['rng'])} ranks, this run has "
+            f"{s.info.world_size}")
+    ckpt_lib.set_rng_state(ckpt["rng"][s.info.rank], tr.aug_gen)
+    pos = Position(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"])
+    s.say(f"resumed from {ckpt['path']} at epoch {pos.epoch}, step {pos.global_step}")
+    return pos
 
-    def save(tag):
-        rngs = D.all_gather_object(ckpt_lib.rng_state(aug_gen))
-        if info.is_main:
-            state = {
-                "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION,
-                "config": {k: getattr(args, k) for k in RUN_KEYS}, "model": core.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                "rng": rngs, "tag": tag,
-            }
-            ckpt_lib.save_atomic(state, os.path.join(args.run_dir, ckpt_lib.LAST))
-        D.barrier()
 
-    say(f"pretraining: {args.arch} (width {args.width}, {sum(p.numel() for p in core.parameters()) / 1e6:.2f} M "
-        f"params) on {dev} x {world}, {precision}, global batch {args.batch_size}, "
-        f"{args.epochs} epochs x {steps_per_epoch} steps, peak lr {peak_lr:.3g}, impl {args.impl}")
+def save_checkpoint(s: Setup, tr: Training, pos: Position, tag: str):
+    """Every rank's RNG states gathered; rank 0 writes checkpoint_last.pt atomically."""
+    rngs = D.all_gather_object(ckpt_lib.rng_state(tr.aug_gen))
+    if s.info.is_main:
+        state = {
+            "format": ckpt_lib.FORMAT, "version": ckpt_lib.VERSION,
+            "config": {k: getattr(s.args, k) for k in RUN_KEYS}, "model": tr.core.state_dict(),
+            "optimizer": tr.optimizer.state_dict(), "scaler": tr.scaler.state_dict(),
+            "epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step,
+            "rng": rngs, "tag": tag,
+        }
+        ckpt_lib.save_atomic(state, os.path.join(s.args.run_dir, ckpt_lib.LAST))
+    D.barrier()
 
+
+def epoch_loader(s: Setup, data: Data, pos: Position):
+    """This rank's batches of the epoch pos.epoch, from step pos.step_in_epoch on."""
+    data.views.set_epoch(pos.epoch)
+    data.sampler.set_epoch(pos.epoch, start=pos.step_in_epoch * data.local_batch)
+    return torch.utils.data.DataLoader(
+        data.views, batch_size=data.local_batch, sampler=data.sampler, num_workers=s.args.workers,
+        drop_last=True, pin_memory=s.device.type == "cuda", persistent_workers=False,
+        generator=torch.Generator().manual_seed(s.args.seed + pos.epoch))
+
+
+class EpochLog:
+    """One epoch's step bookkeeping: images/s, a metrics line every --log-every steps and at the
+    epoch's end (the only points where the loss is read back to the host), the progress bar."""
+
+    def __init__(self, s: Setup, data: Data, pos: Position):
+        self.s, self.steps_per_epoch = s, data.steps_per_epoch
+        self.bar = None
+        if s.info.is_main and not s.args.no_progress:
+            self.bar = progress_bar(data.steps_per_epoch, pos.step_in_epoch,
+                                    f"epoch {pos.epoch + 1}/{s.args.epochs}")
+        self.t_last, self.images, self.losses = time.time(), 0, []
+
+    def step(self, pos: Position, loss, lr: float, images: int):
+        self.images += images
+        if pos.global_step % self.s.args.log_every == 0 or pos.step_in_epoch == self.steps_per_epoch:
+            lv = loss.item()
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"loss is {lv} at step {pos.global_step}; lower --base-lr")
+            self.losses.append(lv)
+            now = time.time()
+            ips = self.images / max(now - self.t_last, 1e-9)
+            self.t_last, self.images = now, 0
+            self.s.metrics.log(kind="train", epoch=pos.epoch, step=pos.global_step, loss=lv, lr=lr,
+                               images_per_s=ips)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{lv:.3f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> float:
+        """-> the mean of the logged losses."""
+        if self.bar is not None:
+            self.bar.close()
+        return sum(self.losses) / max(len(self.losses), 1)
+
+
+def train_one_epoch(s: Setup, data: Data, tr: Training, pos: Position, stop: StopFlag):
+    """Steps until the epoch ends or a stop signal (on any rank) -> (signal or None, mean of
+    the logged losses). pos advances with every step."""
+    log = EpochLog(s, data, pos)
+    interrupted = None
+    for pair, _ in epoch_loader(s, data, pos):
+        if pos.step_in_epoch >= data.steps_per_epoch:
+            break
+        lr = tr.schedule.apply(tr.optimizer, pos.global_step)
+        b = pair.shape[0]
+        # [B, 2, 3, S, S] -> [2B, 3, S, S]: all first views, then all second views
+        x = pair.to(s.device, non_blocking=True).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
+        x = tr.augment(x)  # float32, normalized, in the model's memory format
+        loss = simclr_step(tr.model, tr.criterion, tr.optimizer, x, tr.scaler, s.amp_dtype)
+        pos.global_step += 1
+        pos.step_in_epoch += 1
+        log.step(pos, loss, lr, b * s.info.world_size)
+        sig = stop.signum
+        if s.args.stop_at_step is not None and pos.global_step == s.args.stop_at_step:
+            sig = signal.SIGTERM
+        if D.any_rank(sig is not None, s.device):  # all ranks stop at the same step
+            interrupted = sig or signal.SIGTERM
+            break
+    return interrupted, log.close()
+
+
+def pretrain(s: Setup, data: Data, tr: Training, pos: Position):
+    """Epochs until the last one or a stop signal, a checkpoint after each -> signal or None."""
+    a = s.args
+    s.say(f"pretraining: {a.arch} (width {a.width}, "
+          f"{sum(p.numel() for p in tr.core.parameters()) / 1e6:.2f} M params) on {s.device} x "
+          f"{s.info.world_size}, {s.precision}, global batch {a.batch_size}, {a.epochs} epochs x "
+          f"{data.steps_per_epoch} steps, peak lr {tr.peak_lr:.3g}, impl {a.impl}")
     interrupted = None
     with StopFlag() as stop:
-        while epoch < args.epochs and interrupted is None:
-            views.set_epoch(epoch)
-            sampler.set_epoch(epoch, start=step_in_epoch * local_batch)
-            loader = torch.utils.data.DataLoader(
-                views, batch_size=local_batch, sampler=sampler, num_workers=args.workers,
-                drop_last=True, pin_memory=use_cuda, persistent_workers=False,
-                generator=torch.Generator().manual_seed(args.seed + epoch))
-            bar = None
-            if info.is_main and not args.no_progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                           dynamic_ncols=True, leave=True)
-            t_last, n_last, loss_sum, loss_n = time.time(), 0, 0.0, 0
-            for pair, _ in loader:
-                if step_in_epoch >= steps_per_epoch:
-                    break
-                lr = schedule.apply(optimizer, global_step)
-                b = pair.shape[0]
-                # [B, 2, 3, S, S] -> [2B, 3, S, S]: all first views, then all second views
-                x = pair.to(dev, non_blocking=True).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
-                x = augment(x)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                loss = simclr_step(model, criterion, optimizer, x, scaler, amp_dtype)
-                global_step += 1
-                step_in_epoch += 1
-                n_last += b * world
-                if global_step % args.log_every == 0 or step_in_epoch == steps_per_epoch:
-                    lv = loss.item()
-                    if not math.isfinite(lv):
-                        raise FloatingPointError(f"loss is {lv} at step {global_step}; lower --base-lr")
-                    loss_sum, loss_n = loss_sum + lv, loss_n + 1
-                    now = time.time()
-                    ips = n_last / max(now - t_last, 1e-9)
-                    t_last, n_last = now, 0
-                    metrics.log(kind="train", epoch=epoch, step=global_step, loss=lv, lr=lr, images_per_s=ips)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{lv:.3f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
-                if bar is not None:
-                    bar.update(1)
-                sig = stop.signum
-                if args.stop_at_step is not None and global_step == args.stop_at_step:
-                    sig = signal.SIGTERM
-                if D.any_rank(sig is not None, dev):
-                    interrupted = sig or signal.SIGTERM
-                    break
-            if bar is not None:
-                bar.close()
+        while pos.epoch < a.epochs and interrupted is None:
+            interrupted, mean_loss = train_one_epoch(s, data, tr, pos, stop)
             if interrupted is None:
-                epoch, step_in_epoch = epoch + 1, 0
-                metrics.log(kind="epoch", epoch=epoch, step=global_step,
-                            loss=loss_sum / max(loss_n, 1))
-            save("interrupt" if interrupted else "epoch")
-    if interrupted is not None:
-        say(f"interrupted ({signal.Signals(interrupted).name}): checkpoint saved at epoch {epoch}, "
-            f"step {global_step}; continue with: python python/train.py --resume {args.run_dir}")
-        if info.created_group:
-            torch.distributed.destroy_process_group()
-        return 128 + int(interrupted)
-    say(f"pretraining done in {time.time() - t0:.0f} s")
-    # Every rank has finished pretraining. Only rank 0 evaluates, with no collective after this
-    # point: the other ranks leave now instead of waiting in a barrier that a long evaluation
-    # (ImageNet) would time out.
-    D.barrier()
-    if not info.is_main:
-        if info.created_group:
-            torch.distributed.destroy_process_group()
-        return 0
+                pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
+                s.metrics.log(kind="epoch", epoch=pos.epoch, step=pos.global_step, loss=mean_loss)
+            save_checkpoint(s, tr, pos, "interrupt" if interrupted else "epoch")
+    return interrupted
 
+
+def evaluate(s: Setup, data: Data, tr: Training) -> dict:
+    """Linear evaluation (rank 0) of the pretrained encoder and of a random-init one."""
+    a, t1 = s.args, time.time()
+    encoders = {"SimCLR": tr.core.encoder}
+    if not a.no_random_baseline:
+        rnd = random_init_model(vars(a), a.seed).to(s.device).to(memory_format=tr.memory_format)
+        encoders["random init"] = rnd.encoder
     results = {}
-    if not args.no_eval and info.is_main:
-        t1 = time.time()
-        results["SimCLR"] = linear_eval(core.encoder, train_src, test_src, args.image_size, dev,
-                                        train_src.num_classes, epochs=args.eval_epochs, seed=args.seed,
-                                        channels_last=channels_last)
-        metrics.log(kind="eval", encoder="SimCLR", **results["SimCLR"])
-        if not args.no_random_baseline:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(args.seed + 12345)
-                rnd = SimCLRModel(args.arch, args.image_size, args.head, args.width, args.proj_dim)
-            rnd = rnd.to(dev)
-            if channels_last:
-                rnd = rnd.to(memory_format=torch.channels_last)
-            results["random init"] = linear_eval(rnd.encoder, train_src, test_src, args.image_size, dev,
-                                                 train_src.num_classes, epochs=args.eval_epochs,
-                                                 seed=args.seed, channels_last=channels_last)
-            metrics.log(kind="eval", encoder="random init", **results["random init"])
-        say(f"\nlinear evaluation ({args.dataset}, {len(train_src)} train / {len(test_src)} held-out, "
-            f"{time.time() - t1:.0f} s):\n{format_table(results)}")
-        with open(os.path.join(args.run_dir, "results.json"), "w") as f:
-            json.dump({"results": results, "total_seconds": time.time() - t0}, f, indent=2)
-    if info.is_main:
-        make_plot(args.run_dir, results)
-        say(f"\nrun directory: {args.run_dir} (config.json, metrics.jsonl, metrics.png, "
-            f"{ckpt_lib.LAST}); total {time.time() - t0:.0f} s")
-    if info.created_group:
+    for name, encoder in encoders.items():
+        results[name] = linear_eval(encoder, data.train, data.test, a.image_size, s.device,
+                                    data.train.num_classes, epochs=a.eval_epochs, seed=a.seed,
+                                    channels_last=tr.memory_format == torch.channels_last)
+        s.metrics.log(kind="eval", encoder=name, **results[name])
+    s.say(f"\nlinear evaluation ({a.dataset}, {len(data.train)} train / {len(data.test)} held-out, "
+          f"{time.time() - t1:.0f} s):\n{format_table(results)}")
+    return results
+
+
+def report(s: Setup, results: dict):
+    """results.json (when evaluated), metrics.png, the run directory's contents. Nothing here
+    fails a run that has already succeeded: a plot that cannot be drawn is a one-line note."""
+    a = s.args
+    files = ["config.json", "metrics.jsonl", ckpt_lib.LAST]
+    if not a.no_eval:
+        with open(os.path.join(a.run_dir, "results.json"), "w") as f:
+            json.dump({"results": results, "total_seconds": time.time() - s.t0}, f, indent=2)
+        files.append("results.json")
+    try:
+        if make_plot(a.run_dir, results):
+            files.append("metrics.png")
+    except Exception as exc:  # e.g. a broken matplotlib backend: the run's results are saved
+        print(f"note: metrics.png could not be drawn ({type(exc).__name__}: {exc})")
+    s.say(f"\nrun directory: {a.run_dir} ({', '.join(files)}); total {time.time() - s.t0:.0f} s")
+
+
+def finish(s: Setup, code: int) -> int:
+    if s.info.created_group:
         torch.distributed.destroy_process_group()
-    return 0
+    return code
+
+
+def run(args, resume_ckpt) -> int:
+    s = set_up(args)
+    data = load_data(s)
+    tr = build_training(s, data)
+    pos = restore(s, tr, resume_ckpt) if resume_ckpt is not None else Position()
+    interrupted = pretrain(s, data, tr, pos)
+    if interrupted is not None:
+        s.say(f"interrupted ({signal.Signals(interrupted).name}): checkpoint saved at epoch "
+              f"{pos.epoch}, step {pos.global_step}; continue with: python python/train.py "
+              f"--resume {args.run_dir}")
+        return finish(s, 128 + int(interrupted))
+    s.say(f"pretraining done in {time.time() - s.t0:.0f} s")
+    # Only rank 0 evaluates, with no collective after this barrier: the other ranks leave now
+    # instead of waiting in a barrier that a long evaluation (ImageNet) would time out.
+    D.barrier()
+    if not s.info.is_main:
+        return finish(s, 0)
+    results = {} if args.no_eval else evaluate(s, data, tr)
+    report(s, results)
+    return finish(s, 0)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, resume_ckpt = parse_flags(build_parser(), argv)
+    try:
+        return run(args, resume_ckpt)
+    except (DataError, ckpt_lib.CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ from ._extension import build_info
 from . import _ops as ops
 from .augment import ColorDistortion, ColorParams, color_distort, sample_color_params
 from .loss import NTXentLoss, nt_xent_loss
-from .optim import LARS
+from .optim import LARS, simclr_param_groups
 
 __version__ = build_info()["version"]
 
 __all__ = [
     "build_info", "ops", "__version__",
     "NTXentLoss", "nt_xent_loss",
-    "LARS",
+    "LARS", "simclr_param_groups",
     "ColorDistortion", "ColorParams", "color_distort", "sample_color_params",
 ]

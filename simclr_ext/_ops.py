@@ -7,56 +7,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._dtypes import accumulation_dtype
 from ._extension import _C
-
-
-def _acc_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-# --------------------------------------------------------------------------------------------
-# ntxent_normalize: u = z / max(||z||, eps), norm = ||z|| (rows of z)
-# --------------------------------------------------------------------------------------------
-@torch.library.custom_op("simclr_ext::ntxent_normalize", mutates_args=())
-def ntxent_normalize(z: Tensor) -> Tuple[Tensor, Tensor]:
-    """Row-wise L2 normalization, z: [M, D] -> (u: [M, D] in z's dtype, norm: [M] fp32/fp64)."""
-    u, norm = _C.ntxent_normalize(z)
-    return u, norm
-
-
-@ntxent_normalize.register_fake
-def _(z):
-    torch._check(z.dim() == 2, lambda: f"z must be 2-d, got shape {tuple(z.shape)}")
-    return torch.empty_like(z, memory_format=torch.contiguous_format), z.new_empty(
-        (z.shape[0],), dtype=_acc_dtype(z)
-    )
-
-
-def _normalize_setup_context(ctx, inputs, output):
-    u, norm = output
-    ctx.save_for_backward(u, norm)
-
-
-def _normalize_backward(ctx, grad_u, grad_norm):
-    u, norm = ctx.saved_tensors
-    acc = norm.dtype
-    u_acc = u.to(acc)
-    grad_z = torch.zeros_like(u_acc)
-    if grad_u is not None:
-        g = grad_u.to(acc)
-        eps = 1e-12
-        dot = (u_acc * g).sum(dim=1, keepdim=True)
-        above = (norm > eps).unsqueeze(1)
-        grad_z = torch.where(above, (g - u_acc * dot) / norm.clamp_min(eps).unsqueeze(1), g / eps)
-    if grad_norm is not None:
-        # d||z||/dz = z / ||z|| = u (0 at z = 0, like torch.linalg.vector_norm's subgradient)
-        grad_z = grad_z + grad_norm.to(acc).unsqueeze(1) * torch.where(
-            (norm > 0).unsqueeze(1), u_acc, torch.zeros_like(u_acc)
-        )
-    return grad_z.to(u.dtype)
-
-
-ntxent_normalize.register_autograd(_normalize_backward, setup_context=_normalize_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,8 +56,8 @@ def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
 
 # --------------------------------------------------------------------------------------------
 # ntxent_forward / ntxent_backward: fused NT-Xent of one process's rows z = [view 1; view 2]
-# (DESIGN 3.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D)) and the
-# similarity tiles, so only z and the row LSE vector [2N] are saved between the two.
+# (docs/architecture.md, 2.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D))
+# and the similarity tiles, so only z and the row LSE vector [2N] are saved between the two.
 # --------------------------------------------------------------------------------------------
 @torch.library.custom_op("simclr_ext::ntxent_forward", mutates_args=())
 def ntxent_forward(z: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -115,32 +67,34 @@ def ntxent_forward(z: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
     row_lse_k = log sum_{l != k} exp(s_kl), row_loss_k = row_lse_k - s_{k, (k + N) mod 2N}.
     """
     u, _ = _C.ntxent_normalize(z)
-    row_loss, row_lse = _C.ntxent_forward(u, u, 0, temperature)
+    # One process: the rows are their own columns, so each similarity tile serves both sides.
+    row_loss, row_lse = _C.ntxent_forward(u, u, 0, temperature, symmetric=True)
     return row_loss, row_lse
 
 
 @ntxent_forward.register_fake
 def _(z, temperature):
     torch._check(z.dim() == 2, lambda: f"z must be 2-d, got shape {tuple(z.shape)}")
-    rows = (z.shape[0],)
-    return z.new_empty(rows, dtype=_acc_dtype(z)), z.new_empty(rows, dtype=_acc_dtype(z))
+    rows, acc = (z.shape[0],), accumulation_dtype(z.dtype)
+    return z.new_empty(rows, dtype=acc), z.new_empty(rows, dtype=acc)
 
 
 @torch.library.custom_op("simclr_ext::ntxent_backward", mutates_args=())
 def ntxent_backward(z: Tensor, row_lse: Tensor, grad_row_loss: Tensor,
-                    temperature: float) -> Tensor:
+                    temperature: float, tf32: bool = False) -> Tensor:
     """grad_z [2N, D] (z's dtype) of sum_k grad_row_loss_k * row_loss_k, given the forward's
-    row_lse. Exact: one pass per similarity tile gives P_km and P_mk (s is symmetric)."""
+    row_lse. Exact: one pass per similarity tile gives P_km and P_mk (s is symmetric).
+    tf32: the forward's precision decision (_C.ntxent_tf32_enabled() when it ran)."""
     u, norm = _C.ntxent_normalize(z)
-    # One tensor object for the row and the column vectors lets the kernel use the symmetric
-    # schedule (each similarity tile computed once for both of its sides).
     lse = row_lse.to(norm.dtype).contiguous()
     w = grad_row_loss.to(norm.dtype).contiguous()
-    return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature)
+    # One process: the rows are their own columns (and their lse and weights the columns').
+    return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature, symmetric=True,
+                              tf32=tf32)
 
 
 @ntxent_backward.register_fake
-def _(z, row_lse, grad_row_loss, temperature):
+def _(z, row_lse, grad_row_loss, temperature, tf32=False):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
@@ -149,6 +103,9 @@ def _ntxent_setup_context(ctx, inputs, output):
     _, row_lse = output
     ctx.save_for_backward(z, row_lse)
     ctx.temperature = temperature
+    # The forward (on this thread, just now) ran with this TF32 decision; the backward, which
+    # may run on another thread after the setting changed, must take the same path.
+    ctx.tf32 = _C.ntxent_tf32_enabled()
     ctx.mark_non_differentiable(row_lse)
 
 
@@ -156,7 +113,7 @@ def _ntxent_backward_autograd(ctx, grad_row_loss, grad_row_lse):
     z, row_lse = ctx.saved_tensors
     if grad_row_loss is None:
         return None, None
-    return ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature), None
+    return ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32), None
 
 
 ntxent_forward.register_autograd(_ntxent_backward_autograd, setup_context=_ntxent_setup_context)

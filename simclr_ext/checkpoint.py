@@ -10,8 +10,6 @@ import torch
 FORMAT = "simclr_ext-checkpoint"
 VERSION = 1
 LAST = "checkpoint_last.pt"
-# what must agree between a checkpoint and the run that loads it
-MODEL_KEYS = ("arch", "width", "head", "proj_dim", "image_size")
 
 
 class CheckpointError(RuntimeError):
@@ -55,13 +53,6 @@ def load(path: str) -> dict:
                               f"this simclr_ext reads version {VERSION}")
     ckpt["path"] = path
     return ckpt
-
-
-def check_compatible(ckpt: dict, cfg: dict, keys=MODEL_KEYS):
-    diff = [f"{k}={ckpt['config'].get(k)!r} (asked: {cfg.get(k)!r})" for k in keys
-            if ckpt["config"].get(k) != cfg.get(k)]
-    if diff:
-        raise CheckpointError(f"checkpoint {ckpt['path']} does not match this run: " + ", ".join(diff))
 
 
 def load_model_state(module: torch.nn.Module, state: dict, path: str):

@@ -1,7 +1,7 @@
 """Data for SimCLR: the embedded procedural shapes data set (no files, no download), ImageFolder
 directories, CIFAR-10/100 and STL-10 from a local directory; the two-view pipeline
-(RandomResizedCrop + flip as uint8 on the loader workers, then color distortion, Gaussian blur
-and normalization on the training device); a resumable distributed sampler.
+(RandomResizedCrop + flip as uint8 on the loader workers, then color distortion with fused
+normalization and Gaussian blur on the training device); a resumable distributed sampler.
 
 Every random choice of the loader side is a pure function of (seed, epoch, sample index), so a
 view does not depend on worker count or on where a resumed run restarts.
@@ -323,11 +323,23 @@ class TwoViews(Dataset):
             out = out.flip(-1)
         return out
 
+    def _generator(self, i):
+        # a view is a function of (seed, epoch, index) only: resumable and worker-independent
+        return torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % (2**63))
+
     def __getitem__(self, i):
         img, target = self.source[i]
-        # a view is a function of (seed, epoch, index) only: resumable and worker-independent
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % (2**63))
+        g = self._generator(i)
         return torch.stack([self._view(img, g), self._view(img, g)]), target
+
+
+class OneView(TwoViews):
+    """(uint8 [3, S, S] one random view, label): TwoViews' first view alone, for supervised
+    fine-tuning (crop + flip)."""
+
+    def __getitem__(self, i):
+        img, target = self.source[i]
+        return self._view(img, self._generator(i)), target
 
 
 class EvalView(Dataset):
@@ -391,30 +403,44 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
 
 
 class DeviceAugment(nn.Module):
-    """The training-device half of SimCLR's views: color distortion (per image), Gaussian blur
-    (p, sigma ~ U[0.1, 2], kernel 10% of the side, per image), normalization. All randomness
-    comes from one generator on the images' device (its state is checkpointed)."""
+    """The training-device half of SimCLR's views, on a uint8 batch [B, 3, S, S]: color
+    distortion (per image) with the mean / std normalization fused into the color kernel's store,
+    then Gaussian blur (p, sigma ~ U[0.1, 2], kernel 10% of the side, per image), returned as
+    float32 in `memory_format` (the model's: see models.preferred_memory_format). Without blur the
+    color kernel writes that layout itself; the blur runs on NCHW and its result is copied once.
+    All randomness comes from one generator on the images' device (its state is checkpointed):
+    color parameters first, then the blur's.
+
+    Blurring after normalizing is the same as blurring before it (docs/architecture.md, 4.2):
+    the normalization is a per-channel affine map, and a per-channel blur whose weights sum to 1,
+    with reflect padding (which only copies pixels), commutes with any such map."""
 
     def __init__(self, color_cls, image_size: int, strength: float = 1.0, blur_p: float = 0.5,
-                 generator: Optional[torch.Generator] = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 generator: Optional[torch.Generator] = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.generator = generator
-        self.color = color_cls(strength, 0.8, 0.2, generator=generator)
+        self.color = color_cls(strength, 0.8, 0.2, generator=generator, mean=mean, std=std)
         self.blur_p = blur_p
         k = int(round(0.1 * image_size))
         self.kernel_size = max(3, k + (k + 1) % 2)  # odd, at least 3
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.memory_format = memory_format
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.color(x).float()
-        if self.blur_p > 0:
-            b = x.shape[0]
-            r = torch.rand(2, b, device=x.device, generator=self.generator)
-            sigma = 0.1 + 1.9 * r[0]
-            x = torch.where((r[1] < self.blur_p).view(b, 1, 1, 1),
-                            gaussian_blur(x, sigma, self.kernel_size), x)
-        return (x - self.mean) / self.std
+        if self.blur_p == 0:
+            # the color kernel stores in its input's layout: lay out the (4x smaller) uint8 batch
+            x = self.color(x.contiguous(memory_format=self.memory_format))
+            return x.contiguous(memory_format=self.memory_format)  # no-op for the fused kernel
+        # NCHW: the blur's per-image grouped convolution views the batch as B*C channels
+        x = self.color(x.contiguous())
+        b = x.shape[0]
+        r = torch.rand(2, b, device=x.device, generator=self.generator)
+        sigma = 0.1 + 1.9 * r[0]
+        x = torch.where((r[1] < self.blur_p).view(b, 1, 1, 1),
+                        gaussian_blur(x, sigma, self.kernel_size), x)
+        # a separate copy: a selection that reads NCHW and writes channels_last in one pass
+        # measured slower on CPU than the two passes
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def normalize(x: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:

@@ -1,16 +1,24 @@
 """The linear evaluation protocol: frozen encoder, features h of un-augmented images, a linear
-classifier trained on the train split, top-1 / top-5 on the held-out split."""
+classifier trained on the train split, top-1 / top-5 on the held-out split. Also what
+python/linear_eval.py and python/finetune.py share: their common flags, loading a saved run,
+the random-init baseline model."""
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import EvalView, normalize
+from .data import DATASETS, EvalView, normalize
+
+# The random-init baseline's seed offset: the same baseline network in all three scripts.
+RANDOM_INIT_SEED_OFFSET = 12345
 
 
 @torch.no_grad()
 def extract_features(encoder, source, image_size: int, device, batch_size: int = 512,
                      num_workers: int = 0, channels_last: bool = False):
-    """-> (features float32 [N, F] on CPU, labels int64 [N]) with the encoder in eval mode."""
+    """-> (outputs float32 [N, F] on CPU, labels int64 [N]) of `encoder` (or any network, e.g.
+    encoder + classifier) in eval mode on the un-augmented, normalized views of `source`."""
     was_training = encoder.training
     encoder.eval()
     loader = DataLoader(EvalView(source, image_size), batch_size=batch_size, shuffle=False,
@@ -88,6 +96,16 @@ def format_table(results: dict, first_column: str = "encoder") -> str:
     return "\n".join(lines)
 
 
+def random_init_model(cfg: dict, seed: int):
+    """The random-init baseline: a model of the run's architecture (cfg: arch, image_size, head,
+    width, proj_dim) initialized from seed + RANDOM_INIT_SEED_OFFSET, the global RNG untouched."""
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + RANDOM_INIT_SEED_OFFSET)
+        return build_model(cfg)
+
+
 def load_pretrained(checkpoint: str, dataset=None, data_dir=None):
     """A run's checkpoint, its model and its data, for linear_eval.py and finetune.py.
 
@@ -111,3 +129,36 @@ def load_pretrained(checkpoint: str, dataset=None, data_dir=None):
                                           cfg["seed"], cfg["train_size"], cfg["test_size"],
                                           cfg.get("val_fraction", 0.1))
     return ck, cfg, model, train_src, test_src
+
+
+def add_pretrained_arguments(parser):
+    """The flags python/linear_eval.py and python/finetune.py share (see open_pretrained)."""
+    parser.add_argument("checkpoint", help="run directory (uses its checkpoint_last.pt) or checkpoint file")
+    parser.add_argument("--dataset", default=None, choices=DATASETS,
+                        help="default: the pretraining data set")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+class Pretrained(NamedTuple):
+    ckpt: dict
+    cfg: dict
+    model: torch.nn.Module  # on `device`
+    train_source: object
+    test_source: object
+    device: torch.device
+
+
+def open_pretrained(args) -> Pretrained:
+    """Apply --threads, resolve --device and load the run named by the add_pretrained_arguments
+    flags. Raises checkpoint.CheckpointError / data.DataError (messages name the file or
+    directory) or ValueError (--device cuda without a GPU)."""
+    from .distributed import resolve_device
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(resolve_device(args.device))
+    ck, cfg, model, train_src, test_src = load_pretrained(args.checkpoint, args.dataset, args.data_dir)
+    return Pretrained(ck, cfg, model.to(device), train_src, test_src, device)

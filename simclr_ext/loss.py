@@ -1,8 +1,10 @@
-"""Fused NT-Xent loss (DESIGN 3.1): `nt_xent_loss` and the drop-in module `NTXentLoss`.
+"""Fused NT-Xent loss (docs/architecture.md section 2): `nt_xent_loss` and the drop-in module
+`NTXentLoss`.
 
 Never materializes the 2N x 2N similarity matrix (CPU and CUDA kernels in csrc/ntxent). With
 `gather_distributed=True` and an initialized process group of world size > 1, the negatives are
-gathered from every rank; the backward exchanges only O(N) numbers (row LSEs and row weights).
+gathered from every rank; the backward exchanges only O(N) numbers (row LSEs and row weights),
+and the result equals one process's loss on the concatenated batch (docs/architecture.md, 2.4).
 """
 import numbers
 from typing import List, Optional, Tuple
@@ -15,6 +17,7 @@ from . import _ops
 from ._extension import _C
 
 _REDUCTIONS = ("mean", "sum", "none")
+_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 def _check_inputs(z_i, z_j, temperature, reduction) -> Tuple[Tensor, float]:
@@ -25,7 +28,7 @@ def _check_inputs(z_i, z_j, temperature, reduction) -> Tuple[Tensor, float]:
         raise TypeError(f"z_j must be a torch.Tensor or None, got {type(z_j).__name__}")
     views = [("z_i", z_i)] + ([("z_j", z_j)] if z_j is not None else [])
     for name, t in views:
-        if not (t.is_floating_point()):
+        if t.dtype not in _DTYPES:  # float8 and friends are floating but have no kernel
             raise TypeError(
                 f"{name} must be a floating tensor (float64, float32, bfloat16 or float16), "
                 f"got {t.dtype}"
@@ -93,18 +96,17 @@ class _GatheredNTXent(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, temperature: float, group):
+    def forward(ctx, z: Tensor, temperature: float, group, sizes: List[int]):
         u, norm = _C.ntxent_normalize(z)
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
-        count = torch.tensor([z.shape[0]], dtype=torch.long, device=z.device)
-        counts = [torch.empty_like(count) for _ in range(world)]
-        dist.all_gather(counts, count, group=group)
-        sizes = [int(c) for c in counts]
+        rank = dist.get_rank(group)
         u_cols = _all_gather_rows(u, sizes, group)
         row_offset = sum(sizes[:rank])
-        row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature)
+        tf32 = _C.ntxent_tf32_enabled()  # decided once: the backward takes the same path
+        row_loss, row_lse = _C.ntxent_forward(u, u_cols, row_offset, temperature,
+                                              symmetric=False, tf32=tf32)
         ctx.save_for_backward(u, u_cols, norm, row_lse)
         ctx.sizes, ctx.row_offset, ctx.temperature, ctx.group = sizes, row_offset, temperature, group
+        ctx.tf32 = tf32
         return row_loss
 
     @staticmethod
@@ -115,13 +117,22 @@ class _GatheredNTXent(torch.autograd.Function):
         cols = _all_gather_rows(torch.stack([row_lse, w], dim=1), ctx.sizes, ctx.group)
         col_lse, col_weight = cols[:, 0].contiguous(), cols[:, 1].contiguous()
         grad = _C.ntxent_backward(u, u_cols, norm, row_lse, col_lse, w, col_weight,
-                                  ctx.row_offset, ctx.temperature)
-        return grad, None, None
+                                  ctx.row_offset, ctx.temperature, symmetric=False,
+                                  tf32=ctx.tf32)
+        return grad, None, None, None
+
+
+def _gather_sizes(z: Tensor, group) -> List[int]:
+    """Every rank's row count (one small all-gather, and the one host sync of an uneven step)."""
+    count = torch.tensor([z.shape[0]], dtype=torch.long, device=z.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, count, group=group)
+    return [int(c) for c in counts]
 
 
 def nt_xent_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float = 0.5,
                  reduction: str = "mean", gather_distributed: bool = False,
-                 process_group=None) -> Tensor:
+                 process_group=None, equal_batch_sizes: bool = False) -> Tensor:
     """Fused NT-Xent (SimCLR) loss.
 
     Args:
@@ -137,6 +148,11 @@ def nt_xent_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float =
             DDP's averaging yields the exact gradient of that global loss; "none" returns this
             rank's rows. Ranks may hold different batch sizes. Otherwise: single process.
         process_group: the group to gather over (default: the world).
+        equal_batch_sizes: with gather_distributed, a promise that every rank passes the same N
+            (e.g. a DistributedSampler with drop_last=True): the row counts are then not
+            gathered, and the step makes no host synchronization. Without it the counts are
+            gathered once per step (one host sync). Uneven sizes under this promise are an
+            error of the collective (gloo) or undefined (NCCL).
 
     Returns:
         fp32 loss (fp64 for fp64 inputs); gradients flow back in the inputs' dtype.
@@ -148,19 +164,15 @@ def nt_xent_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float =
             return row_loss.mean()
         return row_loss.sum() if reduction == "sum" else row_loss
 
-    row_loss = _GatheredNTXent.apply(z, tau, process_group)
+    world = dist.get_world_size(process_group)
+    sizes = ([z.shape[0]] * world if equal_batch_sizes else _gather_sizes(z, process_group))
+    row_loss = _GatheredNTXent.apply(z, tau, process_group, sizes)
     if reduction == "none":
         return row_loss
-    world = dist.get_world_size(process_group)
     local = row_loss.sum()
     total = local.detach().clone()
     dist.all_reduce(total, group=process_group)
-    if reduction == "mean":
-        rows = torch.tensor([z.shape[0]], dtype=torch.long, device=z.device)
-        dist.all_reduce(rows, group=process_group)
-        scale = 1.0 / float(rows)
-    else:
-        scale = 1.0
+    scale = 1.0 / sum(sizes) if reduction == "mean" else 1.0  # the global row count, on the host
     # Value: the global loss. Gradient: W x this rank's share (see _GatheredNTXent), which DDP's
     # average over W ranks turns into the exact global gradient.
     share = local * (world * scale)
@@ -176,7 +188,7 @@ class NTXentLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False,
-                 reduction: str = "mean", process_group=None):
+                 reduction: str = "mean", process_group=None, equal_batch_sizes: bool = False):
         # Keyword-only after temperature: lightly's second positional argument is
         # memory_bank_size, which must not silently turn into gather_distributed here.
         super().__init__()
@@ -184,10 +196,11 @@ class NTXentLoss(nn.Module):
         self.gather_distributed = bool(gather_distributed)
         self.reduction = reduction
         self.process_group = process_group
+        self.equal_batch_sizes = bool(equal_batch_sizes)
 
     def forward(self, z_i: Tensor, z_j: Optional[Tensor] = None) -> Tensor:
         return nt_xent_loss(z_i, z_j, self.temperature, self.reduction, self.gather_distributed,
-                            self.process_group)
+                            self.process_group, self.equal_batch_sizes)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "

@@ -20,11 +20,9 @@ def simclr_step(model, criterion, optimizer, views, scaler=None, amp_dtype=None)
     (DDP averages the gradients), optimizer step. Returns the loss (a 0-d tensor)."""
     import torch
 
-    b = views.shape[0] // 2
     with torch.autocast(views.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         _, z = model(views)
-    z = z.float()
-    loss = criterion(z[:b], z[b:])
+    loss = criterion(z.float())  # z [2B, D] is laid out [view 1; view 2], as the loss takes it
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()

@@ -1,4 +1,4 @@
-"""The build and the op pattern: build_info, the torch-mismatch guard, the first custom op."""
+"""The build and the op pattern: build_info, the torch-mismatch guard, one registered custom op."""
 import os
 import subprocess
 import sys
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import simclr_ext
+from simclr_ext import reference
 
 
 def test_build_info_reports_versions():
@@ -47,22 +48,33 @@ def test_import_refuses_a_different_torch():
     assert "pip install" in out.stdout
 
 
+# The op pattern end to end on one real op: torch.ops.simclr_ext.ntxent_forward (schema, fake
+# kernel, registered autograd) against the plain-PyTorch reference.
+def _forward_op(z, temperature):
+    return torch.ops.simclr_ext.ntxent_forward(z, temperature)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_normalize_op_matches_f_normalize(device, dtype):
-    z = torch.randn(37, 19, dtype=dtype, device=device)
-    z[3] *= 1e-14  # below eps: u = z / eps like F.normalize
-    u, norm = simclr_ext.ops.ntxent_normalize(z)
-    torch.testing.assert_close(u, torch.nn.functional.normalize(z, dim=1))
-    torch.testing.assert_close(norm, z.norm(dim=1).to(norm.dtype))
+def test_registered_op_matches_reference(device, dtype):
+    z = torch.randn(2 * 19, 11, dtype=dtype, device=device)
+    z[3] *= 1e-14  # below the normalization eps: u = z / eps, like F.normalize
+    row_loss, row_lse = _forward_op(z, 0.3)
+    assert row_loss.dtype == row_lse.dtype == dtype  # fp32 / fp64 inputs accumulate in their dtype
+    u = torch.nn.functional.normalize(z.double(), dim=1)
+    logits, _ = reference._ntxent_logits(u, u, 0, 0.3)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(row_lse.double(), torch.logsumexp(logits, 1), **tol)
+    torch.testing.assert_close(row_loss.double(),
+                               reference.nt_xent_loss(z.double(), None, 0.3, "none"), **tol)
 
 
-def test_normalize_op_gradcheck_and_opcheck(device):
+def test_registered_op_gradcheck_and_opcheck(device):
     z = torch.randn(6, 5, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: simclr_ext.ops.ntxent_normalize(t), (z,))
-    torch.library.opcheck(torch.ops.simclr_ext.ntxent_normalize.default, (z,))
+    assert torch.autograd.gradcheck(lambda t: _forward_op(t, 0.5)[0], (z,))
+    torch.library.opcheck(torch.ops.simclr_ext.ntxent_forward.default, (z, 0.5))
 
 
-def test_normalize_op_under_torch_compile(device):
+def test_registered_op_under_torch_compile(device):
     z = torch.randn(8, 4, device=device)
-    fn = torch.compile(lambda t: simclr_ext.ops.ntxent_normalize(t)[0] * 2, fullgraph=True)
-    torch.testing.assert_close(fn(z), 2 * torch.nn.functional.normalize(z, dim=1))
+    fn = torch.compile(lambda t: _forward_op(t, 0.5)[0] * 2, fullgraph=True)
+    torch.testing.assert_close(fn(z), 2 * reference.nt_xent_loss(z, None, 0.5, "none"))

@@ -1,6 +1,6 @@
-"""Fused NT-Xent (DESIGN 3.1): values and gradients vs simclr_ext.reference, numerics, bad inputs,
-torch.compile / autocast / opcheck, gathered negatives over gloo ranks, and the O(N) memory
-bound measured as a subprocess's peak RSS."""
+"""Fused NT-Xent (docs/architecture.md section 2): values and gradients vs simclr_ext.reference,
+both CPU schedules, numerics, bad inputs, torch.compile / autocast / opcheck, gathered negatives
+over gloo ranks, and the O(N) memory bound measured as a subprocess's peak RSS."""
 import sys
 from pathlib import Path
 
@@ -142,7 +142,7 @@ def test_rows_against_gathered_columns_fp64(device, tau):
     z_rows = _rand(rows, dim, device, seed=9) * 3  # norm != 1: exercises the normalize backward
     u_rows, norm = _C.ntxent_normalize(z_rows)
     u_cols = torch.cat([u_all[:before], u_rows, u_all[before + rows:]])
-    row_loss, row_lse = _C.ntxent_forward(u_rows, u_cols, before, tau)
+    row_loss, row_lse = _C.ntxent_forward(u_rows, u_cols, before, tau, symmetric=False)
 
     logits, pos = reference._ntxent_logits(u_rows, u_cols, before, tau)
     torch.testing.assert_close(row_lse, torch.logsumexp(logits, 1), rtol=1e-12, atol=1e-12)
@@ -170,8 +170,46 @@ def test_rows_against_gathered_columns_fp64(device, tau):
     # elsewhere), which is what the kernel's col_lse / col_weight carry.
     grad = _C.ntxent_backward(u_rows, u_cols, norm, row_lse, lse_full.detach(),
                               col_weight[before:before + rows].contiguous(), col_weight,
-                              before, tau)
+                              before, tau, symmetric=False)
     torch.testing.assert_close(grad, grad_ref[before:before + rows], rtol=1e-9, atol=1e-12)
+
+
+# The single-process caller flags `symmetric` (its rows are their own columns): the CPU kernel
+# then computes each upper-triangle tile once for both of its sides. Both schedules are exact, so
+# the flag changes the work, never the result: both checked against the reference in float64.
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("tau", [0.5, 0.01])
+def test_symmetric_flag_and_general_schedule_both_match_reference(device, dtype, tol, tau):
+    # 600 rows: three 256-row tiles, the last one partial. D = 4 and close positives keep the
+    # loss unsaturated at tau = 0.01 (see test_small_temperature_no_overflow).
+    z = _rand(2 * 300, 4, device, seed=70)
+    z[300:] = z[:300] + 0.1 * _rand(300, 4, device, seed=71)
+    z = z * 3  # norm != 1: exercises the normalize backward
+    u, norm = _C.ntxent_normalize(z.to(dtype))
+    g = torch.Generator().manual_seed(72)
+    w = torch.rand(z.shape[0], generator=g, dtype=torch.float64).to(device)
+
+    z_ref = z.clone().requires_grad_(True)
+    loss_ref = reference.nt_xent_loss(z_ref, None, tau, "none")
+    (grad_ref,) = torch.autograd.grad((loss_ref * w).sum(), z_ref)
+    w = w.to(norm.dtype)
+    for symmetric in (True, False):
+        row_loss, row_lse = _C.ntxent_forward(u, u, 0, tau, symmetric=symmetric)
+        grad = _C.ntxent_backward(u, u, norm, row_lse, row_lse, w, w, 0, tau,
+                                  symmetric=symmetric)
+        torch.testing.assert_close(row_loss.double(), loss_ref.detach(), rtol=tol, atol=tol,
+                                   msg=f"symmetric={symmetric} loss")
+        assert (grad.double() - grad_ref).abs().max() <= tol * grad_ref.abs().max(), symmetric
+
+
+def test_symmetric_flag_requires_rows_as_columns(device):
+    u, norm = _C.ntxent_normalize(_rand(8, 4, device))
+    with pytest.raises(RuntimeError, match="symmetric=True means the rows are their own columns"):
+        _C.ntxent_forward(u, u.clone(), 0, 0.5, symmetric=True)
+    row_loss, row_lse = _C.ntxent_forward(u, u, 0, 0.5, symmetric=True)
+    w = torch.ones_like(row_lse)
+    with pytest.raises(RuntimeError, match="pass col_lse = row_lse"):
+        _C.ntxent_backward(u, u, norm, row_lse, row_lse.clone(), w, w, 0, 0.5, symmetric=True)
 
 
 # ---------------------------------------------------------------------------------------------

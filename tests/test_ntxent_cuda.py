@@ -1,4 +1,4 @@
-"""GPU-only NT-Xent tests (issue 4) beyond the shared cpu/cuda tests of tests/test_ntxent.py.
+"""GPU-only NT-Xent tests beyond the shared cpu/cuda tests of tests/test_ntxent.py.
 
 All skip without a CUDA device. benchmarks/gpu_check.sh runs them; the `sanitize` cases are the
 small ones it also runs under compute-sanitizer memcheck and racecheck. The references are
@@ -40,7 +40,7 @@ def chunked_reference(z_i, z_j, temperature, sample_rows, chunk=2048):
 
     Returns (row_loss [2N], grad_z [len(sample_rows), D]) for loss = mean_k loss_k: the first
     pass computes every row's LSE over row chunks, the second the exact gradient of the sampled
-    rows (DESIGN 3.1: dL/du_k = 1/(2N tau) [sum_{m != k} (P_km + P_mk) u_m - 2 u_pos(k)]).
+    rows (docs/architecture.md, 2.1: dL/du_k = 1/(2N tau) [sum_{m != k} (P_km + P_mk) u_m - 2 u_pos(k)]).
     """
     z = torch.cat([z_i, z_j]).double()
     n2 = z.shape[0]
@@ -319,3 +319,110 @@ def test_f_normalize_semantics_on_tiny_rows():
     assert rel_err(loss, ref_loss) < 1e-10
     assert rel_err(torch.cat([gi, gj]), torch.cat([ref_gi, ref_gj])) < 1e-8
     assert F.normalize(z_i, dim=1)[4].norm().item() < 1.0  # the case really is below eps
+
+
+# --------------------------------------------------------------------------------------------
+# Large D: the two-stage backward (every similarity tile computed once, coefficients through a
+# workspace, one GEMM per wave of rows) on every path, next to the fused one at its limit
+# --------------------------------------------------------------------------------------------
+LARGE_D = [  # (dtype, tf32, n, d)
+    pytest.param(torch.bfloat16, False, 300, 256, id="bf16-fused-limit"),
+    pytest.param(torch.bfloat16, False, 300, 1024, id="bf16-two-stage"),
+    pytest.param(torch.float16, False, 257, 300, id="fp16-two-stage-unaligned-rows"),
+    pytest.param(torch.float32, True, 200, 520, id="tf32-two-stage"),
+    pytest.param(torch.float32, False, 300, 130, id="fp32-two-stage"),
+    pytest.param(torch.float64, False, 100, 70, id="fp64-two-stage"),
+]
+
+
+@pytest.mark.parametrize("dtype,tf32,n,d", LARGE_D)
+def test_large_d_backward_matches_reference(dtype, tf32, n, d):
+    torch.manual_seed(n + d)
+    z_i = torch.randn(n, d, device="cuda").to(dtype)
+    z_j = (z_i.double() + 0.5 * torch.randn(n, d, device="cuda", dtype=torch.float64)).to(dtype)
+    with tf32_matmul(tf32):
+        loss, gi, gj = fwd_bwd(z_i, z_j, temperature=0.2, reduction="none")
+    ref_loss, ref_gi, ref_gj = ref_fwd_bwd(z_i, z_j, temperature=0.2, reduction="none")
+    tol = 2e-2 if tf32 else TOL[dtype]
+    assert rel_err(loss, ref_loss) < tol
+    assert rel_err(torch.cat([gi, gj]), torch.cat([ref_gi, ref_gj])) < max(tol, 1e-9) * 3
+
+
+def test_two_stage_backward_over_several_waves_bf16():
+    """2N = 8192, D = 512, bf16: the coefficient workspace (64 MiB budget) holds 4096 rows, so
+    the rows are done in two waves; sampled rows of both waves match the chunked reference."""
+    torch.manual_seed(9)
+    n, d, tau = 4096, 512, 0.5
+    z_i = torch.randn(n, d, device="cuda").to(torch.bfloat16).requires_grad_(True)
+    z_j = (z_i.detach().float() + 0.5 * torch.randn(n, d, device="cuda")).to(torch.bfloat16)
+    z_j.requires_grad_(True)
+    row_loss = simclr_ext.nt_xent_loss(z_i, z_j, temperature=tau, reduction="none")
+    row_loss.mean().backward()
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    sample = torch.cat([torch.tensor([0, 4095, 4096, 8191]),
+                        torch.randint(0, 2 * n, (200,), generator=gen)]).unique()
+    ref_loss, ref_grad = chunked_reference(z_i.detach(), z_j.detach(), tau, sample)
+    assert (row_loss.double() - ref_loss).abs().max().item() < 5e-2
+    grad = torch.cat([z_i.grad, z_j.grad]).double()[sample.to("cuda")]
+    per_row = (grad - ref_grad).norm(dim=1) / ref_grad.norm(dim=1)
+    assert per_row.max().item() < 5e-2, f"worst sampled gradient row: {per_row.max().item():.3g}"
+
+
+def test_d_beyond_the_grid_y_limit_of_the_old_fused_backward():
+    """fp32 exact, D = 2^22 + 2^16: the fused SIMT backward would have needed 66560 blocks in
+    grid.y (CUDA allows 65535); the two-stage backward has no D in its grid."""
+    torch.manual_seed(10)
+    d = (1 << 22) + (1 << 16)
+    z_i = torch.randn(2, d, device="cuda")
+    z_j = z_i + 0.3 * torch.randn(2, d, device="cuda")
+    with tf32_matmul(False):
+        loss, gi, gj = fwd_bwd(z_i, z_j, reduction="none")
+    ref_loss, ref_gi, ref_gj = ref_fwd_bwd(z_i, z_j, reduction="none")
+    # fp32 dot products of 4M terms, each summed by one thread: ~sqrt(4M) x 2^-24 ~ 1e-4
+    assert rel_err(loss, ref_loss) < 1e-3
+    assert rel_err(torch.cat([gi, gj]), torch.cat([ref_gi, ref_gj])) < 1e-3
+
+
+def test_fp16_mean_gradient_at_65536_rows_matches_reference():
+    """2N = 65536, fp16, "mean": the coefficients (~1/(2N)^2) are scaled by 2^14 / max|w| into
+    fp16's normal range. A regression guard at the size where the old 1 / max|w| scaling put
+    them among fp16 subnormals (the per-coefficient effect is checked on the CPU in
+    tests/test_ntxent_cuda_layout.py)."""
+    torch.manual_seed(11)
+    n, d, tau = 32768, 128, 0.5
+    z_i = torch.randn(n, d, device="cuda").half().requires_grad_(True)
+    z_j = (z_i.detach().float() + 0.5 * torch.randn(n, d, device="cuda")).half()
+    z_j.requires_grad_(True)
+    simclr_ext.nt_xent_loss(z_i, z_j, temperature=tau).backward()
+    gen = torch.Generator(device="cpu").manual_seed(3)
+    sample = torch.randint(0, 2 * n, (200,), generator=gen).unique()
+    _, ref_grad = chunked_reference(z_i.detach(), z_j.detach(), tau, sample)
+    grad = torch.cat([z_i.grad, z_j.grad]).double()[sample.to("cuda")]
+    per_row = (grad - ref_grad).norm(dim=1) / ref_grad.norm(dim=1)
+    # fp16 inputs, coefficients and outputs (2^-11 each); flushed coefficients would be O(1) off
+    assert per_row.max().item() < 2e-2, f"worst sampled gradient row: {per_row.max().item():.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# TF32 is decided by the forward; the backward takes the same path whatever the setting then
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("d", [256, 520], ids=["fused", "two-stage"])
+def test_backward_takes_the_forwards_tf32_path(d):
+    torch.manual_seed(12)
+    z = torch.randn(600, d, device="cuda")
+
+    def grad(forward_tf32, backward_tf32):
+        x = z.clone().requires_grad_(True)
+        with tf32_matmul(forward_tf32):
+            loss = simclr_ext.nt_xent_loss(x)
+        with tf32_matmul(backward_tf32):
+            loss.backward()
+        return x.grad
+
+    g_tf32, g_ieee = grad(True, True), grad(False, False)
+    assert not torch.equal(g_tf32, g_ieee)
+    assert torch.equal(grad(False, True), g_ieee)
+    if d == 256:  # fused: the whole backward is our kernel, so the bits are the forward's path
+        assert torch.equal(grad(True, False), g_tf32)
+    else:  # two-stage: the coefficients take the TF32 path, cuBLAS's GEMM follows the setting
+        assert rel_err(grad(True, False), g_tf32) < 2e-2

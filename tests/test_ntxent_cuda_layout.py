@@ -4,8 +4,11 @@
    ldmatrix.trans and mma.sync fragment layouts (as the PTX ISA defines them) and checks the
    warp's products against a plain matmul (warp_gemm1, Gemm2, 16-bit and tf32 variants).
 2. Block level: the kernels' step sequence, column splits, masks, positive capture, coefficient
-   scaling and split sums in float64, against the DESIGN 3.1 formulas, including a rank's rows
-   at a row offset inside gathered columns.
+   scaling and split sums in float64, against the formulas of docs/architecture.md section 2.1
+   (the kernels: 2.3), including a rank's rows at a row offset inside gathered columns; the two-stage backward of
+   large D (coefficient tiles stored per wave of rows, then one GEMM per wave).
+3. Host level: every launch's grid stays within CUDA's limits for any D; the fp16 coefficient
+   scaling keeps the coefficients normal and finite.
 They guard the index math and control flow against edits; they cannot prove the PTX semantics
 or the synchronization, which only a GPU run (tests/test_ntxent_cuda.py) does. Keep the
 formulas here in sync with the .cu file.
@@ -212,9 +215,16 @@ def test_ldmatrix_rows_hit_distinct_bank_groups():
 # Block-level model of tc_forward_kernel / lse_finish_kernel / tc_backward_kernel /
 # normalize_backward_kernel: the same step sequence (issue(s) decomposition), column splits,
 # masks, positive capture, coefficient scaling and split sums, in float64 on small sizes, against
-# the DESIGN 3.1 formulas. Guards the kernel's control flow, not its arithmetic precision.
+# the formulas of docs/architecture.md section 2.1. Guards the kernel's control flow, not its
+# arithmetic precision.
 # --------------------------------------------------------------------------------------------
 ROWS, COLS = 64, 64  # kTcRows, kTcCols
+COEF_SCALE = 2.0**14  # kCoefScale
+
+
+def weight_unit(w_row, w_col):  # weight_unit: max|w|, 1 when it is 0 or NaN
+    wmax = max(np.abs(w_row).max(), np.abs(w_col).max())
+    return wmax if wmax > 0 else 1.0
 
 
 def lse_merge(run_max, run_sum, tile_max, tile_sum):  # ntxent_math.h
@@ -304,7 +314,7 @@ def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_off
     d_range = grad_chunks * chunk
     row_tiles, d_ranges = -(-R // ROWS), -(-D // d_range)
     splits, split_cols = split_plan(C, row_tiles * d_ranges, slots)
-    scale = max(np.abs(w_row).max(), np.abs(w_col).max())
+    unit = weight_unit(w_row, w_col)
     slices = np.full((splits, R, D), np.nan)
     nk = -(-D // chunk)
     for bx in range(row_tiles):
@@ -339,7 +349,7 @@ def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_off
                                 )
                                 if c == positive_col(r, R, row_offset):
                                     co -= w_row[r] + w_col[c]
-                                coef[rl, cl] = co / scale
+                                coef[rl, cl] = co * (COEF_SCALE / unit)
                     for v in range(nv):
                         assert divmod(step, per_tile) == (j, nk + v)
                         vt = chunk_of(u_cols, c_begin + j * COLS, d_block + v * chunk, chunk)
@@ -350,7 +360,8 @@ def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_off
                         d = d_block + v * chunk + dd
                         if d < D:
                             r1 = min(R, row0 + ROWS)
-                            slices[bz, row0:r1, d] = grad[v, : r1 - row0, dd] * scale / tau
+                            slices[bz, row0:r1, d] = (grad[v, : r1 - row0, dd]
+                                                      * (unit / COEF_SCALE / tau))
     assert not np.isnan(slices).any(), "a gradient slice element was never written"
     grad_u = slices.sum(0)
     dot = (u_rows * grad_u).sum(1, keepdims=True)
@@ -407,3 +418,235 @@ def test_block_model_matches_formulas(R, C, row_offset, D, slots, chunk, grad_ch
     grad_u = coef @ u_cols / tau
     ref = (grad_u - u_rows * (u_rows * grad_u).sum(1, keepdims=True)) / norm[:, None]
     np.testing.assert_allclose(grad, ref, rtol=1e-9, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# Two-stage backward (large D): tc_coef_kernel / simt_coef_kernel store every coefficient of
+# their tile once into the wave's workspace [rows, C], then grad_u[wave] = coef @ u_cols (the
+# GEMM), scaled by max|w| / kCoefScale (16-bit coefficients) and 1/tau in the normalization.
+# --------------------------------------------------------------------------------------------
+def wave_rows(R, C, D, coef_bytes, acc_bytes, tile):
+    """Host wave_rows: workspace within max(R D acc_bytes, 64 MiB), whole tiles, <= 65535."""
+    budget = max(R * D * acc_bytes, 64 << 20)
+    rows = budget // (C * coef_bytes) // tile * tile
+    rows = min(rows, -(-R // tile) * tile)
+    rows = min(rows, 65535 * tile)
+    return max(rows, tile)
+
+
+def coefficient(s, r, c, row_lse, col_lse, w_row, w_col, row_offset, R):
+    """pair_coeff with the self mask and the positive fold, as both coefficient kernels do."""
+    if c == row_offset + r:
+        return 0.0
+    co = w_row[r] * np.exp(s - row_lse[r]) + w_col[c] * np.exp(s - col_lse[c])
+    if c == positive_col(r, R, row_offset):
+        co -= w_row[r] + w_col[c]
+    return co
+
+
+def tc_coef_stores(row0, col0, row_end, C):
+    """(row, col) of each store of one tc_coef_kernel block, in the kernel's loop order: warp w,
+    lane (g, t4) holds acc[nt][2h + e] = S(row0 + 16 w + g + 8 h, col0 + 8 nt + 2 t4 + e)."""
+    for warp in range(4):
+        for lane in range(32):
+            g, t4 = lane >> 2, lane & 3
+            for nt in range(8):
+                for e in range(2):
+                    c = col0 + nt * 8 + 2 * t4 + e
+                    if c >= C:
+                        continue
+                    for h in range(2):
+                        r = row0 + warp * 16 + g + 8 * h
+                        if r < row_end:
+                            yield r, c
+
+
+def simt_coef_stores(row0, col0, row_end, C, tile):
+    """(row, col) of each store of one simt_coef_kernel block: thread (ty, tx) owns rows
+    row0 + ty + 16 i and columns col0 + tx + 16 j."""
+    for ty in range(16):
+        for tx in range(16):
+            for i in range(tile // 16):
+                r = row0 + ty + 16 * i
+                if r >= row_end:
+                    continue
+                for j in range(tile // 16):
+                    c = col0 + tx + 16 * j
+                    if c < C:
+                        yield r, c
+
+
+def model_backward_two_stage(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_offset,
+                             tau, wave, kind, chunk=64):
+    """kind "tc16" (16-bit workspace, scaled), "tc32" (fp32 workspace) or ("simt", TILE)."""
+    R, D = u_rows.shape
+    C = u_cols.shape[0]
+    tile = kind[1] if kind[0] == "simt" else ROWS
+    scaled = kind == "tc16"
+    unit = weight_unit(w_row, w_col)
+    coef_scale = COEF_SCALE / unit if scaled else 1.0
+    grad_u = np.full((R, D), np.nan)
+    for r0 in range(0, R, wave):
+        rows = min(wave, R - r0)
+        coef = np.full((wave, C), np.nan)  # the workspace, reused by every wave
+        written = np.zeros((wave, C), dtype=int)
+        for by in range(-(-rows // tile)):  # grid (column tiles, row tiles of the wave)
+            for bx in range(-(-C // tile)):
+                row0, col0 = r0 + by * tile, bx * tile
+                if kind[0] == "simt":  # simt_tile_dot: all of D in steps of kSimtK, zero-filled
+                    a = np.zeros((tile, D))
+                    b = np.zeros((tile, D))
+                    a[: max(0, min(tile, R - row0))] = u_rows[row0 : row0 + tile]
+                    b[: max(0, min(tile, C - col0))] = u_cols[col0 : col0 + tile]
+                    acc = a @ b.T
+                    stores = simt_coef_stores(row0, col0, r0 + rows, C, tile)
+                else:  # nk steps of (row chunk, column chunk), as in tc_coef_kernel's issue()
+                    acc = np.zeros((ROWS, COLS))
+                    for kc in range(-(-D // chunk)):
+                        acc += (chunk_of(u_rows, row0, kc * chunk, chunk)
+                                @ chunk_of(u_cols, col0, kc * chunk, chunk).T)
+                    stores = tc_coef_stores(row0, col0, r0 + rows, C)
+                for r, c in stores:
+                    s = acc[r - row0, c - col0] / tau
+                    coef[r - r0, c] = coef_scale * coefficient(s, r, c, row_lse, col_lse, w_row,
+                                                               w_col, row_offset, R)
+                    written[r - r0, c] += 1
+        assert (written[:rows] == 1).all(), "a coefficient stored twice or never"
+        assert (written[rows:] == 0).all(), "a store past the wave's rows"
+        grad_u[r0 : r0 + rows] = coef[:rows] @ u_cols  # at::mm_out into the wave's rows
+    assert not np.isnan(grad_u).any(), "a gradient row was never written"
+    grad_u *= (unit / COEF_SCALE if scaled else 1.0) / tau  # normalize_backward_kernel's scale
+    dot = (u_rows * grad_u).sum(1, keepdims=True)
+    return (grad_u - u_rows * dot) / norm[:, None]
+
+
+# (R, C, row_offset, D, wave): several waves with a ragged last one; a rank inside gathered
+# columns; N = 1; one wave larger than R.
+TWO_STAGE_CASES = [
+    (130, 130, 0, 70, 64),
+    (74, 222, 74, 40, 64),
+    (2, 2, 0, 3, 64),
+    (100, 100, 0, 33, 128),
+]
+
+
+@pytest.mark.parametrize("R,C,row_offset,D,wave", TWO_STAGE_CASES)
+@pytest.mark.parametrize("kind", [("tc16",), ("tc32",), ("simt", 64), ("simt", 32)], ids=str)
+def test_two_stage_backward_model_matches_formulas(R, C, row_offset, D, wave, kind):
+    if kind[0] == "simt":
+        wave = max(kind[1], wave // kind[1] * kind[1])  # whole SIMT tiles, as wave_rows gives
+    kind = kind if kind[0] == "simt" else kind[0]
+    rng = np.random.default_rng(R * 3 + C + D)
+    z_cols = rng.standard_normal((C, D))
+    norm_cols = np.linalg.norm(z_cols, axis=1)
+    u_cols = z_cols / norm_cols[:, None]
+    u_rows, norm = u_cols[row_offset : row_offset + R], norm_cols[row_offset : row_offset + R]
+    tau = 0.3
+    col_lse, _ = reference_lse(u_cols, u_cols, 0, tau)
+    w_col = rng.uniform(0.1, 1.0, C) / C
+    w_row = w_col[row_offset : row_offset + R]
+    grad = model_backward_two_stage(u_rows, u_cols, norm, col_lse[row_offset : row_offset + R],
+                                    col_lse, w_row, w_col, row_offset, tau, wave, kind)
+    pos = positive_col(np.arange(R), R, row_offset)
+    s_full = u_rows @ u_cols.T / tau
+    coef = w_row[:, None] * np.exp(s_full - col_lse[row_offset : row_offset + R, None])
+    coef += w_col[None, :] * np.exp(s_full - col_lse[None, :])
+    coef[np.arange(R), row_offset + np.arange(R)] = 0.0
+    coef[np.arange(R), pos] -= w_row + w_col[pos]
+    grad_u = coef @ u_cols / tau
+    ref = (grad_u - u_rows * (u_rows * grad_u).sum(1, keepdims=True)) / norm[:, None]
+    np.testing.assert_allclose(grad, ref, rtol=1e-9, atol=1e-14)
+
+
+def test_wave_rows_bound_the_workspace():
+    """The workspace [wave, C] stays within max(R D acc_bytes, 64 MiB) unless a single tile is
+    already larger, covers R in whole tiles, and never needs more than 65535 tiles in grid.y."""
+    for R, C, D, cb, ab, tile in [(65536, 65536, 8192, 2, 4, 64), (16384, 16384, 128, 4, 4, 64),
+                                  (2, 2, 10**6, 8, 8, 32), (1 << 30, 1 << 30, 1, 2, 4, 64),
+                                  (4096, 1 << 20, 300, 2, 4, 64)]:
+        wave = wave_rows(R, C, D, cb, ab, tile)
+        assert wave % tile == 0 and tile <= wave <= max(tile, -(-R // tile) * tile)
+        assert wave // tile <= 65535
+        assert wave * C * cb <= max(R * D * ab, 64 << 20) or wave == tile
+
+
+# --------------------------------------------------------------------------------------------
+# Host level: the grids of every launch of one forward + backward stay within CUDA's limits
+# (y and z <= 65535, x < 2^31) for any D and N (mirror of the launch code's grid arithmetic).
+# --------------------------------------------------------------------------------------------
+TC_FUSED_MAX_D_RANGES, SIMT_FUSED_MAX_D_RANGES = 2, 1  # kTcFusedMaxDRanges, kSimt...
+
+
+def launch_grids(R, C, D, path, slots=132 * 4):
+    """Grids (x, y, z) of the kernels one forward + backward launches on `path`
+    ("tc16", "tf32", ("simt", TILE))."""
+    grids = []
+    col_tiles = -(-C // COLS)
+    if path[0] == "simt":
+        tile = path[1]
+        grids.append((-(-R // tile), 1, 1))  # simt_forward_kernel
+        if D <= tile * SIMT_FUSED_MAX_D_RANGES:
+            grids.append((-(-R // tile), -(-D // tile), 1))  # simt_backward_kernel
+        else:
+            wave = wave_rows(R, C, D, 8 if tile == 32 else 4, 8 if tile == 32 else 4, tile)
+            grids.append((-(-C // tile), -(-min(wave, R) // tile), 1))  # simt_coef_kernel
+    else:
+        d_range = 128
+        row_tiles = -(-R // ROWS)
+        splits, _ = split_plan(C, row_tiles, slots)
+        grids.append((row_tiles, splits, 1))  # tc_forward_kernel
+        grids.append((-(-R // 256), 1, 1))  # lse_finish_kernel
+        d_ranges = -(-D // d_range)
+        if d_ranges <= TC_FUSED_MAX_D_RANGES:
+            splits, _ = split_plan(C, row_tiles * d_ranges, slots)
+            grids.append((row_tiles, d_ranges, splits))  # tc_backward_kernel
+        else:
+            elt = 2 if path == "tc16" else 4
+            wave = wave_rows(R, C, D, elt, 4, ROWS)
+            grids.append((col_tiles, -(-min(wave, R) // ROWS), 1))  # tc_coef_kernel
+    grids.append((-(-R // 8), 1, 1))  # normalize_backward_kernel (8 rows per block)
+    return grids
+
+
+@pytest.mark.parametrize("path", ["tc16", "tf32", ("simt", 64), ("simt", 32)], ids=str)
+def test_launch_grids_within_cuda_limits_for_any_d(path):
+    # The fused SIMT backward used to put D / TILE in grid.y: D = 2^22 + 2^16 needed 66560 (fp32)
+    for R, C, D in [(2, 2, (1 << 22) + (1 << 16)), (4, 8, 1 << 27), (1 << 20, 1 << 20, 1 << 12),
+                    (1 << 30, 1 << 30, 2), (64, 1 << 30, 300), (4096, 4096, 256)]:
+        for x, y, z in launch_grids(R, C, D, path):
+            assert x < 2**31 and y <= 65535 and z <= 65535, (R, C, D, (x, y, z))
+
+
+# --------------------------------------------------------------------------------------------
+# fp16 coefficient scaling (kCoefScale = 2^14 over max|w|): "mean" weights w = 1/2N and
+# P ~ 1/2N give coefficients ~ 1/(2N)^2; divided by max|w| only (the old scaling) they are
+# ~1/2N, fp16 subnormals from 2N = 2^14 on; times 2^14 they stay normal, and the largest
+# possible coefficient (2 max|w|) stays below fp16's largest value.
+# --------------------------------------------------------------------------------------------
+FP16_MIN_NORMAL, FP16_MAX = 2.0**-14, 65504.0
+
+
+@pytest.mark.parametrize("n2", [32768, 65536])
+def test_fp16_coefficients_stay_normal_with_the_2_14_scale(n2):
+    rng = np.random.default_rng(n2)
+    tau = 0.1
+    w = np.full(4096, 1.0 / n2)  # "mean": the same weight for every row
+    # Realistic probabilities: logits of unit vectors in D = 128 at tau = 0.1 over 2N columns.
+    s = rng.standard_normal(4096) / np.sqrt(128) / tau
+    lse = np.log(n2) + 0.5 / (128 * tau * tau)  # log sum exp of 2N such logits
+    p = np.exp(s - lse)
+    coef = w * p + w * p[::-1]  # w_i P_im + w_m P_mi for 4096 (i, m) pairs
+    unit = weight_unit(w, w)
+
+    def fp16_error(scale):
+        stored = (coef * scale).astype(np.float16).astype(np.float64) / scale
+        return np.abs(stored - coef) / coef
+
+    new = fp16_error(COEF_SCALE / unit)
+    old = fp16_error(1.0 / unit)
+    assert ((coef * COEF_SCALE / unit) >= FP16_MIN_NORMAL).all()
+    assert new.max() <= 2.0**-11  # round to nearest in a normal fp16: half an ulp
+    assert old.max() > 4 * new.max()  # the old scaling lost bits in the subnormal range
+    # The extreme coefficient: the positive's -(w_i + w_m) with P ~ 0, scaled, must not overflow.
+    assert 2 * unit * COEF_SCALE / unit <= FP16_MAX
+    assert np.isfinite(np.float16(-2 * unit * COEF_SCALE / unit))

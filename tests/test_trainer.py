@@ -1,10 +1,12 @@
 """The SimCLR trainer: DDP equivalence (global BN + gathered negatives + gradient averaging),
 exact resume, atomic checkpoints, clear errors, and the main command end to end."""
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,8 +18,16 @@ from simclr_ext.models import SimCLRModel
 from simclr_ext.recipe import simclr_step
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "python"))
-import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """python/train.py and python/linear_eval.py as modules: their directory is on sys.path while
+    they are imported (as when they run as scripts), and only then."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(ROOT / "python"))
+        yield SimpleNamespace(train=importlib.import_module("train"),
+                              linear_eval=importlib.import_module("linear_eval"))
 
 TINY = ["--train-size", "96", "--test-size", "40", "--batch-size", "32", "--width", "4",
         "--image-size", "16", "--eval-epochs", "3", "--no-progress", "--log-every", "1"]
@@ -40,7 +50,7 @@ def _make(distributed):
     core = model
     crit = simclr_ext.NTXentLoss(temperature=0.2, gather_distributed=distributed)
     # a large lr and no adaptation on 1-d params: a wrong gradient shows up plainly in the weights
-    opt = simclr_ext.LARS(simclr_ext.LARS.exclude_bias_and_norm(core, 1e-4), lr=0.1, momentum=0.9,
+    opt = simclr_ext.LARS(simclr_ext.simclr_param_groups(core, 1e-4), lr=0.1, momentum=0.9,
                           weight_decay=1e-4)
     return core, crit, opt
 
@@ -83,7 +93,8 @@ def _state(run_dir):
     return ckpt_lib.load(str(run_dir))
 
 
-def test_resume_mid_epoch_is_exact(tmp_path):
+def test_resume_mid_epoch_is_exact(tmp_path, scripts):
+    train = scripts.train
     common = TINY + ["--epochs", "2", "--no-eval"]
     assert train.main(common + ["--run-dir", str(tmp_path / "straight")]) == 0
     # SIGTERM path after step 4 of 6 (mid second epoch): checkpoint, exit 143, then resume
@@ -168,7 +179,8 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
         ckpt_lib.load(str(tmp_path / "missing"))
 
 
-def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys):
+def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
+    train = scripts.train
     run = tmp_path / "run"
     assert train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run)]) == 0
     capsys.readouterr()
@@ -184,8 +196,7 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys):
     model = SimCLRModel("resnet18", 16, "nonlinear", width=8)
     with pytest.raises(ckpt_lib.CheckpointError, match="does not fit this model"):
         ckpt_lib.load_model_state(model, ck["model"], ck["path"])
-    import linear_eval
-
+    linear_eval = scripts.linear_eval
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / ckpt_lib.LAST).write_bytes(b"junk")
@@ -203,14 +214,16 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys):
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
 ])
-def test_bad_flags_give_clear_errors(flags, message, capsys):
+def test_bad_flags_give_clear_errors(flags, message, capsys, scripts):
+    train = scripts.train
     with pytest.raises(SystemExit) as e:
         train.main(flags)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_malformed_data_dirs_give_clear_errors(tmp_path, capsys):
+def test_malformed_data_dirs_give_clear_errors(tmp_path, capsys, scripts):
+    train = scripts.train
     empty = tmp_path / "empty_imagenet"
     empty.mkdir()
     assert train.main(["--dataset", "imagefolder", "--data-dir", str(empty), "--no-progress"]) == 2
@@ -219,6 +232,53 @@ def test_malformed_data_dirs_give_clear_errors(tmp_path, capsys):
     assert train.main(["--dataset", "cifar10", "--data-dir", str(empty), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"cannot read cifar10 from data directory {empty}" in err
+
+
+def test_plot_helper_without_matplotlib_is_a_one_line_note(tmp_path, scripts, monkeypatch, capsys):
+    train = scripts.train
+    recs = [{"kind": "train", "step": i + 1, "loss": float(l), "lr": 0.1}
+            for i, l in enumerate(torch.rand(5).tolist())]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    results = {"SimCLR": {"top1": 50.0, "top5": 90.0}}
+    monkeypatch.setattr(train, "_NOTED", set())
+    assert train.make_plot(str(tmp_path), results) is True
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "metrics.png").unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert train.make_plot(str(tmp_path), results) is False
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "matplotlib is not installed" in out[0] and "[train]" in out[0]
+    assert not (tmp_path / "metrics.png").exists()
+
+
+def test_run_without_matplotlib_and_tqdm_succeeds(tmp_path, scripts, monkeypatch, capsys):
+    """The plot and the progress bar are optional ([train] extra): a run without their libraries
+    exits 0 with its results saved and one note per missing library, however many epochs."""
+    train = scripts.train
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setattr(train, "_NOTED", set())
+    run = tmp_path / "run"
+    flags = [f for f in TINY if f != "--no-progress"] + ["--epochs", "2", "--no-random-baseline"]
+    assert train.main(flags + ["--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("note: matplotlib is not installed") == 1, out
+    assert out.count("note: tqdm is not installed") == 1, out
+    assert "| SimCLR |" in out and (run / "results.json").is_file()
+    assert not (run / "metrics.png").exists() and "metrics.png" not in out.splitlines()[-1]
+
+
+def test_a_plot_that_fails_does_not_fail_the_run(tmp_path, scripts, monkeypatch, capsys):
+    train = scripts.train
+
+    def broken_plot(run_dir, results=None):
+        raise RuntimeError("no display backend")
+
+    monkeypatch.setattr(train, "make_plot", broken_plot)
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run)]) == 0
+    assert "metrics.png could not be drawn (RuntimeError: no display backend)" in capsys.readouterr().out
+    assert ckpt_lib.load(str(run))["epoch"] == 1
 
 
 def test_main_command_end_to_end(tmp_path):
@@ -246,3 +306,37 @@ def test_main_command_end_to_end(tmp_path):
                          "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "16"],
                         capture_output=True, text=True, timeout=300)
     assert ft.returncode == 0 and "SimCLR fine-tuned" in ft.stdout, ft.stderr
+
+
+def test_scripts_find_the_installed_package_first_then_a_built_source_tree(tmp_path):
+    """python/_bootstrap.py: an importable simclr_ext wins; else the scripts' own source tree when
+    it holds a compiled _C; a tree without one stops the script with a message saying what to run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    probe = "import _bootstrap\nimport simclr_ext\nprint('FROM', simclr_ext.__file__)\n"
+
+    def run_probe(tree, extra_path=None):
+        (tree / "python").mkdir(parents=True, exist_ok=True)
+        (tree / "python" / "_bootstrap.py").write_text((ROOT / "python" / "_bootstrap.py").read_text())
+        (tree / "python" / "probe.py").write_text(probe)
+        e = dict(env, PYTHONPATH=str(extra_path)) if extra_path else env
+        return subprocess.run([sys.executable, str(tree / "python" / "probe.py")], env=e,
+                              capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+
+    # a source tree without a compiled extension, nothing installed: a clear stop
+    bare = tmp_path / "bare"
+    (bare / "simclr_ext").mkdir(parents=True)
+    (bare / "simclr_ext" / "__init__.py").write_text("raise SystemExit('the bare tree was imported')\n")
+    out = run_probe(bare)
+    assert out.returncode == 1 and "has no compiled extension" in out.stderr, out.stderr
+    assert "setup.py build_ext --inplace" in out.stderr
+    # the same tree once built in place (a stand-in _C file): the tree is imported
+    (bare / "simclr_ext" / "__init__.py").write_text("")
+    (bare / "simclr_ext" / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    out = run_probe(bare)
+    assert out.returncode == 0 and f"FROM {bare / 'simclr_ext' / '__init__.py'}" in out.stdout, out.stderr
+    # an installed package (here: on the path) wins over the built tree
+    site = tmp_path / "site"
+    (site / "simclr_ext").mkdir(parents=True)
+    (site / "simclr_ext" / "__init__.py").write_text("")
+    out = run_probe(bare, extra_path=site)
+    assert out.returncode == 0 and f"FROM {site / 'simclr_ext' / '__init__.py'}" in out.stdout, out.stderr

@@ -1,11 +1,14 @@
-"""The trainer's library parts: embedded data set, views, sampler, models, schedule, blur."""
+"""The trainer's library parts: embedded data set, views, sampler, models, schedule, blur, the
+device-side augmentation."""
 import math
 
 import pytest
 import torch
 
-from simclr_ext.data import (DataError, ResumableSampler, TensorSource, TwoViews, gaussian_blur,
-                             load_sources, make_shapes)
+import simclr_ext
+from simclr_ext.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, DeviceAugment, OneView,
+                             ResumableSampler, TensorSource, TwoViews, gaussian_blur, load_sources,
+                             make_shapes, normalize)
 from simclr_ext.models import SimCLRModel
 from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
 
@@ -30,6 +33,18 @@ def test_views_depend_only_on_seed_epoch_index():
     assert torch.equal(x1, x2) and not torch.equal(x1[0], x1[1])
     v.set_epoch(1)
     assert not torch.equal(v[5][0], x1)
+
+
+def test_one_view_is_the_first_of_the_two_views():
+    src = TensorSource(*make_shapes(6, 20, seed=int(torch.randint(0, 1000, ()))), 10)
+    two, one = TwoViews(src, 16, seed=5), OneView(src, 16, seed=5)
+    for epoch in (0, 3):
+        two.set_epoch(epoch)
+        one.set_epoch(epoch)
+        for i in range(len(src)):
+            x, y = one[i]
+            assert x.shape == (3, 16, 16) and y == two[i][1]
+            assert torch.equal(x, two[i][0][0])
 
 
 def test_sampler_partitions_and_resumes():
@@ -90,17 +105,55 @@ def test_gaussian_blur_per_image_sigma():
                         rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5, 9])
+def test_blur_commutes_with_per_channel_normalization(kernel_size):
+    # weights that sum to 1 and reflect padding: blur((x - m) / s) == (blur(x) - m) / s per channel,
+    # which is what lets DeviceAugment normalize in the color kernel before blurring
+    b = 5
+    x = torch.rand(b, 3, 12, 14)
+    mean, std = torch.rand(3) * 0.8, torch.rand(3) * 0.5 + 0.1
+    sigma = 0.1 + 1.9 * torch.rand(b)
+    m, s = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+    torch.testing.assert_close(gaussian_blur((x - m) / s, sigma, kernel_size),
+                               (gaussian_blur(x, sigma, kernel_size) - m) / s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("blur_p", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("size", [24, 40])  # blur kernels 3 and 5
+def test_device_augment_equals_color_then_blur_then_normalize(memory_format, blur_p, size):
+    """The fused path (normalization in the color kernel, blur after it, the model's memory
+    format written directly) against the plain composition with the same generator draws."""
+    seed = int(torch.randint(0, 2**31, ()))
+    b = 12
+    x = torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8)
+    aug = DeviceAugment(simclr_ext.ColorDistortion, size, 1.0, blur_p,
+                        generator=torch.Generator().manual_seed(seed), memory_format=memory_format)
+    got = aug(x)
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert got.is_contiguous(memory_format=memory_format)
+
+    g = torch.Generator().manual_seed(seed)
+    y = simclr_ext.ColorDistortion(1.0, 0.8, 0.2, generator=g)(x)  # [0, 1], not normalized
+    if blur_p > 0:
+        r = torch.rand(2, b, generator=g)
+        y = torch.where((r[1] < blur_p).view(b, 1, 1, 1),
+                        gaussian_blur(y, 0.1 + 1.9 * r[0], aug.kernel_size), y)
+    expected = normalize(y, IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)
+    assert torch.equal(aug.generator.get_state(), g.get_state())  # same draws, same order
+
+
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_both_impls_run_a_training_step(impl):
     # --impl fused / reference must expose the same interface to the trainer (build_ops), and a
     # step with either changes the parameters and gives a finite loss.
-    from simclr_ext.data import DeviceAugment
     from simclr_ext.recipe import build_ops, simclr_step
 
     torch.manual_seed(0)
     loss_cls, lars_cls, color_cls = build_ops(impl)
     model = SimCLRModel("resnet18", 16, "nonlinear", width=8)
-    opt = lars_cls(lars_cls.exclude_bias_and_norm(model, 1e-6), lr=0.3, momentum=0.9,
+    opt = lars_cls(simclr_ext.simclr_param_groups(model, 1e-6), lr=0.3, momentum=0.9,
                    weight_decay=1e-6)
     augment = DeviceAugment(color_cls, 16, 1.0, 0.5, generator=torch.Generator().manual_seed(0))
     views = augment(torch.randint(0, 256, (2 * 8, 3, 16, 16), dtype=torch.uint8))

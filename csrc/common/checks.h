@@ -4,8 +4,11 @@
 #include <ATen/ATen.h>
 
 #define SIMCLR_CHECK_DEFINED(x) TORCH_CHECK((x).defined(), #x " must be a tensor, got None")
+// The four floating dtypes the kernels are compiled for; float8 and other floating types are
+// rejected here by name rather than failing later inside a dtype dispatch.
 #define SIMCLR_CHECK_FLOATING(x)                                                            \
-  TORCH_CHECK(at::isFloatingType((x).scalar_type()),                                        \
+  TORCH_CHECK((x).scalar_type() == at::kDouble || (x).scalar_type() == at::kFloat ||        \
+                  (x).scalar_type() == at::kBFloat16 || (x).scalar_type() == at::kHalf,     \
               #x " must be a floating tensor (float64, float32, bfloat16 or float16), got ", \
               (x).scalar_type())
 #define SIMCLR_CHECK_DIM(x, d) \

@@ -3,6 +3,9 @@
 //   1. NormFunctor: per chunk, partial sums of w^2 and g'^2 -> partial[2 * global_chunk + {0,1}]
 //   2. UpdateFunctor: each block re-reduces its own tensor's chunk partials (in a fixed order,
 //      so every block of a tensor gets the same bits), takes lr * trust_ratio, updates its chunk.
+// A bucket with a tensor of more than kReduceOnceChunks chunks gets a third launch between the
+// two, tensor_sums_kernel, which reduces each tensor's partials once (the same reduction, so the
+// same bits); the update blocks then read that instead of all partials of their tensor each.
 // The trust ratio and the element update are lars_math.h's, shared with the CPU kernel.
 // No host synchronization: hyperparameters travel in the plan, norms stay on the device.
 #include <ATen/Dispatch.h>
@@ -44,6 +47,46 @@ struct LarsInfo {
 
 template <int kDepth, typename acc_t>
 using Entry = mta::TensorEntry<kDepth, LarsInfo<acc_t>>;
+
+// Every update block re-reading all chunk partials of its tensor costs (chunks per tensor)^2
+// reads per tensor: nothing for ResNet-50 (<= 72 chunks) but ~40% extra traffic at 2^30
+// elements. Above this count, one reduction per tensor (a third launch) replaces it; at this
+// count each of the 512 threads of an update block reads one (w, g) pair.
+constexpr int64_t kReduceOnceChunks = kBlock;
+
+// (sum w^2, sum g'^2) of tensor e from its chunk partials, on every thread of the block, in a
+// fixed order: the update blocks and tensor_sums_kernel run this same code with kBlock threads,
+// so they get the same bits.
+template <typename acc_t>
+__device__ void tensor_sums(const Entry<3, acc_t>& e, int64_t chunk_size,
+                            const acc_t* __restrict__ partial, acc_t& sw, acc_t& sg) {
+  const int64_t n_chunks = mta::chunks_of(e.numel, chunk_size);
+  sw = 0;
+  sg = 0;
+  for (int64_t c = threadIdx.x; c < n_chunks; c += kBlock) {
+    sw += partial[2 * (e.first_chunk + c)];
+    sg += partial[2 * (e.first_chunk + c) + 1];
+  }
+  __shared__ acc_t smem[kBlock / 32 + 1];
+  sw = mta::block_sum<kBlock>(sw, smem);
+  sg = mta::block_sum<kBlock>(sg, smem);
+}
+
+// One block per tensor of the plan: sums[2 t + {0, 1}] = tensor t's (sum w^2, sum g'^2);
+// tensors without adaptation write nothing (the update never reads them).
+template <typename acc_t>
+__global__ void __launch_bounds__(kBlock)
+    tensor_sums_kernel(const Entry<3, acc_t>* __restrict__ entries, int64_t chunk_size,
+                       const acc_t* __restrict__ partial, acc_t* __restrict__ sums) {
+  const Entry<3, acc_t>& e = entries[blockIdx.x];
+  if (!e.info.adaptation) return;  // uniform over the block: no divergent barrier
+  acc_t sw, sg;
+  tensor_sums(e, chunk_size, partial, sw, sg);
+  if (threadIdx.x == 0) {
+    sums[2 * blockIdx.x] = sw;
+    sums[2 * blockIdx.x + 1] = sg;
+  }
+}
 
 __device__ inline float device_sqrt(float x) { return sqrtf(x); }
 __device__ inline double device_sqrt(double x) { return sqrt(x); }
@@ -95,24 +138,25 @@ struct NormFunctor {
 };
 
 // Slots: addr[0] params w (scalar_t, in/out), addr[1] grads g (scalar_t), addr[2] momentum v
-// (acc_t, in/out). partial: NormFunctor's output for the whole plan.
+// (acc_t, in/out). partial: NormFunctor's output for the whole plan; sums: tensor_sums_kernel's
+// output, or nullptr when that launch was skipped.
 template <typename scalar_t, typename acc_t>
 struct UpdateFunctor {
-  __device__ void operator()(const Entry<3, acc_t>& e, int32_t /*tensor*/, int32_t chunk,
-                             int64_t chunk_size, const acc_t* __restrict__ partial) const {
+  __device__ void operator()(const Entry<3, acc_t>& e, int32_t tensor, int32_t chunk,
+                             int64_t chunk_size, const acc_t* __restrict__ partial,
+                             const acc_t* __restrict__ sums) const {
     acc_t scaled_lr = e.info.lr;
     if (e.info.adaptation) {
-      // The tensor's norms from its chunk partials; every block of the tensor repeats this
-      // small reduction (<= numel / chunk_size values) instead of paying a third launch.
-      const int64_t n_chunks = mta::chunks_of(e.numel, chunk_size);
-      acc_t sw = 0, sg = 0;
-      for (int64_t c = threadIdx.x; c < n_chunks; c += kBlock) {
-        sw += partial[2 * (e.first_chunk + c)];
-        sg += partial[2 * (e.first_chunk + c) + 1];
+      // The tensor's norms: reduced once per tensor when the bucket has a large tensor, else
+      // each block of the tensor repeats this small reduction (<= kReduceOnceChunks pairs)
+      // instead of paying a third launch. `sums` is uniform over the launch.
+      acc_t sw, sg;
+      if (sums != nullptr) {
+        sw = sums[2 * static_cast<int64_t>(tensor)];
+        sg = sums[2 * static_cast<int64_t>(tensor) + 1];
+      } else {
+        tensor_sums(e, chunk_size, partial, sw, sg);
       }
-      __shared__ acc_t smem[kBlock / 32 + 1];
-      sw = mta::block_sum<kBlock>(sw, smem);
-      sg = mta::block_sum<kBlock>(sg, smem);
       scaled_lr *= trust_ratio(device_sqrt(sw), device_sqrt(sg), e.info.eta, true);
     }
     const int64_t begin = static_cast<int64_t>(chunk) * chunk_size;
@@ -167,6 +211,7 @@ void lars_step_cuda(const std::vector<at::Tensor>& params, const std::vector<at:
         const size_t n = params.size();
         std::vector<LarsInfo<acc_t>> infos(n);
         bool any_adaptation = false;
+        bool large_tensor = false;  // an adapting tensor of more than kReduceOnceChunks chunks
         for (size_t t = 0; t < n; ++t) {
           const TensorHyper& h = hyper[t];
           infos[t].lr = static_cast<acc_t>(h.lr);
@@ -179,6 +224,9 @@ void lars_step_cuda(const std::vector<at::Tensor>& params, const std::vector<at:
                             is_aligned(grads[t], sizeof(Pack<scalar_t>)) &&
                             is_aligned(momentum_buffers[t], sizeof(Pack<acc_t>));
           any_adaptation = any_adaptation || h.adaptation;
+          large_tensor = large_tensor ||
+                         (h.adaptation && mta::chunks_of(params[t].numel(), kChunk) >
+                                              kReduceOnceChunks);
         }
         const auto plan = mta::make_plan<3, LarsInfo<acc_t>>(
             {&params, &grads, &momentum_buffers}, infos, kChunk, params[0].device());
@@ -191,8 +239,21 @@ void lars_step_cuda(const std::vector<at::Tensor>& params, const std::vector<at:
           mta::multi_tensor_apply<kBlock>(plan, NormFunctor<scalar_t, acc_t>{},
                                           partial.data_ptr<acc_t>());
         }
-        mta::multi_tensor_apply<kBlock>(plan, UpdateFunctor<scalar_t, acc_t>{},
-                                        static_cast<const acc_t*>(partial.data_ptr<acc_t>()));
+        // [num_tensors][2] per-tensor sums, only for a bucket with a large tensor.
+        at::Tensor sums;
+        if (large_tensor) {
+          sums = at::empty({2 * plan.num_tensors}, partial.options());
+          tensor_sums_kernel<acc_t>
+              <<<static_cast<unsigned>(plan.num_tensors), kBlock, 0,
+                 at::cuda::getCurrentCUDAStream()>>>(plan.entries, plan.chunk_size,
+                                                     partial.data_ptr<acc_t>(),
+                                                     sums.data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        mta::multi_tensor_apply<kBlock>(
+            plan, UpdateFunctor<scalar_t, acc_t>{},
+            static_cast<const acc_t*>(partial.data_ptr<acc_t>()),
+            static_cast<const acc_t*>(sums.defined() ? sums.data_ptr<acc_t>() : nullptr));
       });
 }
 

@@ -1,5 +1,8 @@
-// NT-Xent op entries: validate once, then dispatch to the CPU or CUDA kernel (DESIGN 3.1).
+// NT-Xent op entries: check the kernels' invariants once, then dispatch to the CPU or CUDA
+// kernel (docs/architecture.md sections 2.1 and 5).
 #include "ntxent/ntxent.h"
+
+#include <ATen/Context.h>
 
 #include "common/checks.h"
 #include "ntxent/ntxent_math.h"
@@ -9,12 +12,8 @@ namespace ntxent {
 
 namespace {
 
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 void check_rows_cols(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
-                     double temperature, const char* op) {
+                     double temperature, bool symmetric, const char* op) {
   SIMCLR_CHECK_DEFINED(u_rows);
   SIMCLR_CHECK_DEFINED(u_cols);
   check_backend_available(u_rows, op);
@@ -33,6 +32,9 @@ void check_rows_cols(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t
   TORCH_CHECK(row_offset >= 0 && row_offset + R <= C, op, ": row_offset ", row_offset,
               " with ", R, " rows does not fit in ", C, " columns");
   TORCH_CHECK(temperature > 0, op, ": temperature must be > 0, got ", temperature);
+  TORCH_CHECK(!symmetric || (u_cols.is_same(u_rows) && row_offset == 0), op,
+              ": symmetric=True means the rows are their own columns: pass u_cols = u_rows and "
+              "row_offset = 0 (got row_offset ", row_offset, ")");
 }
 
 void check_vector(const at::Tensor& t, int64_t n, const at::Tensor& like, const char* name,
@@ -46,49 +48,71 @@ void check_vector(const at::Tensor& t, int64_t n, const at::Tensor& like, const 
 
 }  // namespace
 
+// The CUDA matmul precision is "tf32" (allow_tf32 = True, fp32_precision = "tf32" or
+// set_float32_matmul_precision("high")) and no at::NoTF32Guard is active on this thread: the
+// rule cuBLAS applies. Read through the new API: allowTF32CuBLAS() raises when legacy and new
+// settings were mixed.
+bool tf32_enabled() {
+  return at::globalContext().float32Precision(at::Float32Backend::CUDA,
+                                              at::Float32Op::MATMUL) ==
+             at::Float32Precision::TF32 &&
+         !at::NoTF32Guard::should_disable_tf32();
+}
+
 std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z) {
   SIMCLR_CHECK_DEFINED(z);
   SIMCLR_CHECK_FLOATING(z);
   SIMCLR_CHECK_DIM(z, 2);
   // Device-agnostic ATen: one reduction and one scale, in the accumulation dtype.
-  const at::Tensor z_acc = z.to(acc_dtype(z));
+  const at::Tensor z_acc = z.to(accumulation_dtype(z.scalar_type()));
   at::Tensor norm = at::linalg_vector_norm(z_acc, 2, {1});
   at::Tensor u = (z_acc / norm.clamp_min(kNormEps).unsqueeze(1)).to(z.scalar_type());
   return {u.contiguous(), norm};
 }
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                           int64_t row_offset, double temperature) {
-  check_rows_cols(u_rows, u_cols, row_offset, temperature, "nt_xent forward");
-  const at::Tensor rows = u_rows.contiguous(), cols = u_cols.contiguous();
+                                           int64_t row_offset, double temperature, bool symmetric,
+                                           std::optional<bool> tf32) {
+  check_rows_cols(u_rows, u_cols, row_offset, temperature, symmetric, "nt_xent forward");
+  const at::Tensor rows = u_rows.contiguous();
+  const at::Tensor cols = symmetric ? rows : u_cols.contiguous();
 #ifdef WITH_CUDA
-  if (rows.is_cuda()) return forward_cuda(rows, cols, row_offset, temperature);
+  if (rows.is_cuda())
+    return forward_cuda(rows, cols, row_offset, temperature, tf32.value_or(tf32_enabled()));
 #endif
-  return forward_cpu(rows, cols, row_offset, temperature);
+  return forward_cpu(rows, cols, row_offset, temperature, symmetric);
 }
 
 at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                     const at::Tensor& norm_rows, const at::Tensor& row_lse,
                     const at::Tensor& col_lse, const at::Tensor& row_weight,
-                    const at::Tensor& col_weight, int64_t row_offset, double temperature) {
+                    const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                    bool symmetric, std::optional<bool> tf32) {
   const char* op = "nt_xent backward";
-  check_rows_cols(u_rows, u_cols, row_offset, temperature, op);
+  check_rows_cols(u_rows, u_cols, row_offset, temperature, symmetric, op);
   const int64_t R = u_rows.size(0), C = u_cols.size(0);
   check_vector(norm_rows, R, u_rows, "norm_rows", op);
   check_vector(row_lse, R, u_rows, "row_lse", op);
   check_vector(col_lse, C, u_rows, "col_lse", op);
   check_vector(row_weight, R, u_rows, "row_weight", op);
   check_vector(col_weight, C, u_rows, "col_weight", op);
-  const auto acc = acc_dtype(u_rows);
+  TORCH_CHECK(!symmetric || (col_lse.is_same(row_lse) && col_weight.is_same(row_weight)), op,
+              ": symmetric=True means the rows are their own columns: pass col_lse = row_lse and "
+              "col_weight = row_weight");
+  const auto acc = accumulation_dtype(u_rows.scalar_type());
   auto prep = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
-  const at::Tensor rows = u_rows.contiguous(), cols = u_cols.contiguous();
+  const at::Tensor rows = u_rows.contiguous();
+  const at::Tensor cols = symmetric ? rows : u_cols.contiguous();
+  const at::Tensor lse = prep(row_lse), weight = prep(row_weight);
+  const at::Tensor c_lse = symmetric ? lse : prep(col_lse);
+  const at::Tensor c_weight = symmetric ? weight : prep(col_weight);
 #ifdef WITH_CUDA
   if (rows.is_cuda())
-    return backward_cuda(rows, cols, prep(norm_rows), prep(row_lse), prep(col_lse),
-                         prep(row_weight), prep(col_weight), row_offset, temperature);
+    return backward_cuda(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, row_offset,
+                         temperature, tf32.value_or(tf32_enabled()));
 #endif
-  return backward_cpu(rows, cols, prep(norm_rows), prep(row_lse), prep(col_lse),
-                      prep(row_weight), prep(col_weight), row_offset, temperature);
+  return backward_cpu(rows, cols, prep(norm_rows), lse, c_lse, weight, c_weight, row_offset,
+                      temperature, symmetric);
 }
 
 }  // namespace ntxent

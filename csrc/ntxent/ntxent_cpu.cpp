@@ -1,14 +1,17 @@
-// NT-Xent CPU kernels (DESIGN 3.1): the FlashAttention pattern on the CPU. Rows in tiles, the
-// similarity of a row tile and a column tile computed by one small GEMM into a per-thread buffer,
-// log-sum-exp accumulated in fp32 (fp64 for fp64 inputs); the backward recomputes the tiles.
-// Only [tile, tile] buffers and O(rows * D) vectors are allocated: never a [R, C] matrix.
+// NT-Xent CPU kernels (docs/architecture.md section 2.2): the FlashAttention pattern on the CPU.
+// Rows in tiles, the similarity of a row tile and a column tile computed by one small GEMM into a
+// per-thread buffer, log-sum-exp accumulated in fp32 (fp64 for fp64 inputs); the backward
+// recomputes the tiles. Only [tile, tile] buffers and O(rows * D) vectors are allocated: never a
+// [R, C] matrix.
 //
 // Two tile schedules, both exact:
-//  - symmetric (one process: u_cols is u_rows): only the tiles J >= I of the upper triangle are
-//    computed; s_IJ = s_JI^T gives the rows of I and the rows of J from one GEMM (forward: row
-//    and column sums; backward: M_IJ u_J for I and M_IJ^T u_I for J, M being symmetric);
-//  - general (gathered columns, or a temperature too small for a fixed shift): each row tile
-//    sweeps every column tile; row tiles are handed to threads as they free up.
+//  - symmetric (the single-process case, flagged by the caller: `symmetric` in ntxent.h): only
+//    the tiles J >= I of the upper triangle are computed; s_IJ = s_JI^T gives the rows of I and
+//    the rows of J from one GEMM (forward: row and column sums; backward: M_IJ u_J for I and
+//    M_IJ^T u_I for J, M being symmetric);
+//  - general (gathered columns; also the symmetric case's forward at a temperature too small for
+//    the fixed shift, and its backward when the per-thread accumulators would exceed their
+//    budget): each row tile sweeps every column tile; row tiles go to threads as they free up.
 // Results are bitwise reproducible for a given thread count.
 #include <ATen/Parallel.h>
 
@@ -18,6 +21,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ntxent/ntxent.h"
@@ -52,6 +56,31 @@ struct TileRange {
 inline TileRange tile_range(int64_t tile, int64_t n) {
   const int64_t b = tile * kTile;
   return {b, std::min(kTile, n - b)};
+}
+
+inline int64_t num_tiles(int64_t n) { return (n + kTile - 1) / kTile; }
+
+// The symmetric schedule's work items: the tiles (I, J), J >= I, of the upper triangle of the
+// [R, R] similarity matrix, row by row.
+inline std::vector<std::pair<int64_t, int64_t>> upper_triangle_tiles(int64_t R) {
+  const int64_t nt = num_tiles(R);
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  pairs.reserve(nt * (nt + 1) / 2);
+  for (int64_t I = 0; I < nt; ++I)
+    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
+  return pairs;
+}
+
+// Writes `value` into the self cells of the [ri.size, rj.size] tile s of rows ri against
+// columns rj: row i is column row_offset + i. -inf before the exp excludes self from the sums
+// exactly; 0 in the coefficients excludes it from the gradient. A tile off the diagonal band
+// has no self cell (the range below is empty).
+template <typename acc_t>
+inline void mask_self(acc_t* s, TileRange ri, TileRange rj, int64_t row_offset, acc_t value) {
+  const int64_t lo = std::max(ri.begin + row_offset, rj.begin);
+  const int64_t hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
+  for (int64_t c = lo; c < hi; ++c)
+    s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = value;
 }
 
 // Runs body(chunk, next) on `chunks` threads; next() yields that chunk's items of [0, n), then -1.
@@ -214,10 +243,7 @@ at::Tensor positive_logits(const at::Tensor& rows, const at::Tensor& cols, int64
 template <typename acc_t>
 at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   const int64_t R = u.size(0);
-  const int64_t nt = (R + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t I = 0; I < nt; ++I)
-    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
+  const auto pairs = upper_triangle_tiles(R);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t P = num_chunks(npairs);
   at::Tensor sums = at::zeros({P, R}, u.options());
@@ -233,11 +259,8 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
         at::Tensor S = tile_view(buf, ri.size, rj.size);
         logits_tile(S, u.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size),
                     1.0 / temperature);
-        acc_t* e = S.data_ptr<acc_t>();
         // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp gives 0.
-        if (I == J)
-          for (int64_t i = 0; i < ri.size; ++i)
-            e[i * rj.size + i] = -std::numeric_limits<acc_t>::infinity();
+        mask_self(S.data_ptr<acc_t>(), ri, rj, 0, -std::numeric_limits<acc_t>::infinity());
         // The transposed tile s_JI: its row sums are this tile's column sums. A diagonal tile
         // is its own transpose, counted once.
         exp_shift_sums<acc_t>(S, shift, acc + ri.begin, I != J ? acc + rj.begin : nullptr);
@@ -255,7 +278,7 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
                        double temperature) {
   const double inv_tau = 1.0 / temperature;
   const int64_t R = us.size(0), C = cols.size(0);
-  const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
+  const int64_t nti = num_tiles(R), ntj = num_tiles(C);
   at::Tensor lse = at::empty({R}, us.options());
   const bool fixed = fixed_shift_ok<acc_t>(temperature);
   const acc_t shift = acc_t(1.0 / temperature);
@@ -273,16 +296,10 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
         logits_tile(S, us.narrow(0, ri.begin, ri.size), cols.narrow(0, rj.begin, rj.size),
                     inv_tau);
         acc_t* s = S.data_ptr<acc_t>();
-        // Columns of this tile that are rows of this row tile: (i, row_offset + i) is self.
-        const int64_t self_lo = std::max(ri.begin + row_offset, rj.begin);
-        const int64_t self_hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
+        mask_self(s, ri, rj, row_offset, kNegInf);
         if (fixed) {
-          for (int64_t c = self_lo; c < self_hi; ++c)
-            s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = kNegInf;
           exp_shift_sums<acc_t>(S, shift, run_sum.data(), nullptr);
         } else {
-          for (int64_t c = self_lo; c < self_hi; ++c)
-            s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = kNegInf;
           std::vector<acc_t> tile_max(ri.size);
           for (int64_t i = 0; i < ri.size; ++i) {
             acc_t* sr = s + i * rj.size;
@@ -317,16 +334,25 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
   return lse;
 }
 
+// Rows and columns in the accumulation dtype. Under `symmetric` (ntxent.h: the entry checked
+// that u_cols is u_rows and row_offset is 0) the columns are the rows: one conversion, one tensor.
+template <typename acc_t>
+std::pair<at::Tensor, at::Tensor> rows_cols_acc(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                                bool symmetric) {
+  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+  at::Tensor rows = u_rows.to(acc).contiguous();
+  at::Tensor cols = symmetric ? rows : u_cols.to(acc).contiguous();
+  return {rows, cols};
+}
+
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                                int64_t row_offset, double temperature) {
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const bool same = u_rows.is_same(u_cols) ||
-                    (u_rows.data_ptr() == u_cols.data_ptr() && u_rows.sizes() == u_cols.sizes());
-  const at::Tensor rows = u_rows.to(acc).contiguous();
-  const at::Tensor cols = same ? rows : u_cols.to(acc).contiguous();
+                                                int64_t row_offset, double temperature,
+                                                bool symmetric) {
+  const auto [rows, cols] = rows_cols_acc<acc_t>(u_rows, u_cols, symmetric);
   at::Tensor lse;
-  if (same && row_offset == 0 && fixed_shift_ok<acc_t>(temperature)) {
+  // The symmetric sums share one shift for rows and columns: the fixed shift only.
+  if (symmetric && fixed_shift_ok<acc_t>(temperature)) {
     lse = row_sums_symmetric<acc_t>(rows, temperature).log_().add_(1.0 / temperature);
   } else {
     lse = lse_general<acc_t>(rows, cols, row_offset, temperature);
@@ -416,10 +442,7 @@ template <typename acc_t>
 at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::Tensor& w,
                           double temperature) {
   const int64_t R = u.size(0), D = u.size(1);
-  const int64_t nt = (R + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t I = 0; I < nt; ++I)
-    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
+  const auto pairs = upper_triangle_tiles(R);
   const int64_t npairs = static_cast<int64_t>(pairs.size());
   const int64_t P = num_chunks(npairs);
   if (P > 1 && P * R * D * static_cast<int64_t>(sizeof(acc_t)) > kAccumulatorBudget) return {};
@@ -456,10 +479,7 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::
                                  w.narrow(0, ri.begin, ri.size),
                                  lse.narrow(0, rj.begin, rj.size), w.narrow(0, rj.begin, rj.size));
         }
-        if (I == J) {
-          acc_t* m = S.data_ptr<acc_t>();
-          for (int64_t i = 0; i < ri.size; ++i) m[i * rj.size + i] = acc_t(0);
-        }
+        mask_self(S.data_ptr<acc_t>(), ri, rj, 0, acc_t(0));
         G.narrow(0, ri.begin, ri.size).addmm_(S, u_j);
         if (I != J) G.narrow(0, rj.begin, rj.size).addmm_(S.t(), u_i);
       }
@@ -479,7 +499,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
                         const at::Tensor& col_weight, int64_t row_offset, double temperature) {
   const int64_t R = us.size(0), C = cols.size(0), D = us.size(1);
-  const int64_t nti = (R + kTile - 1) / kTile, ntj = (C + kTile - 1) / kTile;
+  const int64_t nti = num_tiles(R), ntj = num_tiles(C);
   at::Tensor G = at::zeros({R, D}, us.options());
   parallel_items(nti, num_chunks(nti), HandOut::kDynamic, [&](int64_t, const auto& next) {
     at::Tensor buf = at::empty({kTile * kTile}, us.options());
@@ -497,11 +517,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
                                row_weight.narrow(0, ri.begin, ri.size),
                                col_lse.narrow(0, rj.begin, rj.size),
                                col_weight.narrow(0, rj.begin, rj.size));
-        acc_t* m = S.data_ptr<acc_t>();
-        const int64_t self_lo = std::max(ri.begin + row_offset, rj.begin);
-        const int64_t self_hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
-        for (int64_t c = self_lo; c < self_hi; ++c)
-          m[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = acc_t(0);
+        mask_self(S.data_ptr<acc_t>(), ri, rj, row_offset, acc_t(0));
         G_i.addmm_(S, u_j);
       }
     }
@@ -513,15 +529,12 @@ template <typename acc_t>
 at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature) {
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const bool same = u_rows.is_same(u_cols) ||
-                    (u_rows.data_ptr() == u_cols.data_ptr() && u_rows.sizes() == u_cols.sizes());
-  const at::Tensor rows = u_rows.to(acc).contiguous();
-  const at::Tensor cols = same ? rows : u_cols.to(acc).contiguous();
+                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                         bool symmetric) {
+  const auto [rows, cols] = rows_cols_acc<acc_t>(u_rows, u_cols, symmetric);
   at::Tensor G;
-  // The symmetric schedule needs one weight and one lse per row, shared by rows and columns.
-  if (same && row_offset == 0 && row_lse.is_same(col_lse) && row_weight.is_same(col_weight))
+  // Symmetric: one lse and one weight per row serve it as a row and as a column.
+  if (symmetric)
     G = grad_symmetric<acc_t>(rows, row_lse, row_weight, temperature);
   if (!G.defined())
     G = grad_general<acc_t>(rows, cols, row_lse, col_lse, row_weight, col_weight, row_offset,
@@ -533,21 +546,23 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                               int64_t row_offset, double temperature) {
-  if (u_rows.scalar_type() == at::kDouble)
-    return forward_impl<double>(u_rows, u_cols, row_offset, temperature);
-  return forward_impl<float>(u_rows, u_cols, row_offset, temperature);
+                                               int64_t row_offset, double temperature,
+                                               bool symmetric) {
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble)
+    return forward_impl<double>(u_rows, u_cols, row_offset, temperature, symmetric);
+  return forward_impl<float>(u_rows, u_cols, row_offset, temperature, symmetric);
 }
 
 at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                         const at::Tensor& norm_rows, const at::Tensor& row_lse,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
-                        const at::Tensor& col_weight, int64_t row_offset, double temperature) {
-  if (u_rows.scalar_type() == at::kDouble)
+                        const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                        bool symmetric) {
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble)
     return backward_impl<double>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                                 col_weight, row_offset, temperature);
+                                 col_weight, row_offset, temperature, symmetric);
   return backward_impl<float>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                              col_weight, row_offset, temperature);
+                              col_weight, row_offset, temperature, symmetric);
 }
 
 }  // namespace ntxent

@@ -1,22 +1,27 @@
-// Fused NT-Xent on CUDA (DESIGN 3.1, issue 4): forward (row LSE + loss) and backward (exact
-// gradient of this rank's rows) that never hold more than one 64 x 64 similarity tile per block.
+// Fused NT-Xent on CUDA (docs/architecture.md, 2.3): forward (row LSE + loss) and backward
+// (exact gradient of this rank's rows) that never hold the 2N x 2N similarity matrix.
 //
 // Paths, chosen per dtype at launch:
-//   bf16 / fp16, and fp32 when TF32 matmul is allowed: tensor cores (mma.sync m16n8k16, or
-//     m16n8k8 .tf32), fp32 accumulation, 64-row x 128-byte tile chunks streamed through shared
-//     memory with cp.async, double buffered.
+//   bf16 / fp16, and fp32 when TF32 was decided (ntxent.cpp: tf32_enabled, taken once for a
+//     forward and its backward): tensor cores (mma.sync m16n8k16, or m16n8k8 .tf32), fp32
+//     accumulation, 64-row x 128-byte tile chunks streamed through shared memory with cp.async,
+//     double buffered.
 //   fp32 without TF32 (exact) and fp64: a tiled SIMT path with FMA micro-tiles.
 // Both apply the per-element formulas of ntxent_math.h (lse_merge/lse_push, pair_coeff,
 // normalize_backward, positive_col): the code the CPU kernel runs.
 //
-// Backward = two launches: the tiled kernel writes grad_u [R, D] in the accumulation dtype (one
-// block per (row tile, D range), no atomics), then a per-row kernel applies the normalization
-// backward (it needs u . grad_u over the whole row, which spans several D ranges).
+// Backward, small D (up to 2 x 128 of D on tensor cores, one SIMT tile): a fused kernel writes
+// grad_u [R, D] in the accumulation dtype (one block per (row tile, D range), no atomics), then a
+// per-row kernel applies the normalization backward (it needs u . grad_u over the whole row).
+// Large D: two stages per wave of rows, so that every similarity tile is computed once: a kernel
+// writes the coefficient tiles [rows, C] to a workspace bounded like grad_u, then one GEMM
+// (at::mm, fp32 output) gives grad_u for the wave; the same normalization kernel follows.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,7 +29,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 
 #include "ntxent/ntxent.h"
 #include "ntxent/ntxent_math.h"
@@ -88,50 +96,58 @@ __device__ __forceinline__ uint32_t to_tf32(uint32_t bits) {
   return out;
 }
 
-// Per input type: the mma instruction, how an ldmatrix'd register becomes an operand, and how
-// two fp32 coefficients become one A-operand register in the backward's second product.
+// Per input type: the mma instruction, how an ldmatrix'd register becomes an operand, how two
+// fp32 coefficients become one A-operand register in the backward's second product, and how one
+// coefficient is stored in the two-stage backward's workspace (to_bits).
 template <typename T>
 struct TcTraits;
 
-template <>
-struct TcTraits<at::BFloat16> {
+// bf16 and fp16 differ only in the mma type name and the float -> 16-bit conversion.
+template <typename T>
+struct TcTraits16 {
+  static_assert(std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>);
+  static constexpr bool kBf16 = std::is_same_v<T, at::BFloat16>;
   static constexpr int kChunk = 64;      // elements per 128-byte chunk
   static constexpr int kGradChunks = 2;  // a backward block covers 2 chunks = 128 of D
   static constexpr int kForwardMinBlocks = 4;
   using Bits = uint16_t;
   __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    if constexpr (kBf16) {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+          : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
   }
   __device__ static uint32_t operand(uint32_t x) { return x; }
-  __device__ static uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
-    return *reinterpret_cast<uint32_t*>(&v);
+  __device__ static uint32_t pack(float lo, float hi) {  // the low 16 bits hold lo
+    if constexpr (kBf16) {
+      __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      return *reinterpret_cast<uint32_t*>(&v);
+    } else {
+      __half2 v = __floats2half2_rn(lo, hi);
+      return *reinterpret_cast<uint32_t*>(&v);
+    }
+  }
+  __device__ static Bits to_bits(float x) {
+    if constexpr (kBf16)
+      return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+    else
+      return __half_as_ushort(__float2half_rn(x));
   }
 };
 
 template <>
-struct TcTraits<at::Half> {
-  static constexpr int kChunk = 64;
-  static constexpr int kGradChunks = 2;
-  static constexpr int kForwardMinBlocks = 4;
-  using Bits = uint16_t;
-  __device__ static void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static uint32_t operand(uint32_t x) { return x; }
-  __device__ static uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-};
+struct TcTraits<at::BFloat16> : TcTraits16<at::BFloat16> {};
+template <>
+struct TcTraits<at::Half> : TcTraits16<at::Half> {};
 
 // fp32 through TF32 (only when the user allowed TF32 matmuls). One k-step of m16n8k8 covers 8
 // floats = 32 bytes, the same bytes as a k16 step of 16-bit types, so ldmatrix addressing is
@@ -152,7 +168,25 @@ struct TcTraits<float> {
   }
   // Round to nearest instead of letting the tensor core truncate the low mantissa bits.
   __device__ static uint32_t operand(uint32_t x) { return to_tf32(x); }
+  // The two-stage workspace keeps fp32 coefficients (cuBLAS applies the TF32 rounding).
+  __device__ static Bits to_bits(float x) { return __float_as_uint(x); }
 };
+
+// Coefficient scaling. The backward's coefficients w_i P_im + w_m P_mi become 16-bit operands,
+// and with "mean" weights (1/2N) and P ~ 1/2N they are ~1/(2N)^2: below fp16's smallest normal
+// (2^-14) from 2N ~ 128 on. They are therefore multiplied by kCoefScale / max|w| in fp32 before
+// rounding and the products by max|w| / kCoefScale after: |coefficient| <= 2 max|w| (each of the
+// two terms and the positive's -(w_i + w_m) is at most max|w| in size and they do not add up
+// beyond 2), so the scaled values stay <= 2^15 < 65504 (fp16's largest), while P ~ 1/2N keeps
+// P * 2^14 normal up to 2N = 2^28. Powers of two: the scaling itself rounds nothing.
+constexpr float kCoefScale = 16384.f;  // 2^14
+
+// max|w| as the scaling unit; a NaN or zero max gives 1 (NaN weights then reach the
+// coefficients directly: NaN out).
+__device__ __forceinline__ float weight_unit(const float* __restrict__ weight_absmax) {
+  const float wmax = *weight_absmax;
+  return wmax > 0.f ? wmax : 1.f;
+}
 
 // Copies rows [row0, row0 + 64) x elements [k0, k0 + kChunk) of src [nrows, D] into a shared
 // tile. Everything outside the matrix is zero-filled: padded rows, columns and D never
@@ -414,12 +448,14 @@ __global__ void __launch_bounds__(256)
   row_loss[r] = lse - pos_logit[r];
 }
 
-// Backward, first stage: grad_part[split z][rows of this tile, D range of blockIdx.y] =
+// Fused backward (D up to kTcFusedMaxDRanges x 128), first stage:
+//   grad_part[split z][rows of this tile, D range of blockIdx.y] =
 //   1/tau sum_{m in split z} coef_im u_m,  coef_im = w_i P_im + w_m P_mi,
 // minus (w_i + w_m) at m = pos(i), coefficient 0 at m = i exactly. The coefficients go through
-// a 16-bit (or tf32) operand, so they are divided by the largest |weight| first (kept in
-// [-2, 2]: no fp16 underflow from w ~ 1/2N) and the product is scaled back in fp32. Folding
-// the positive term into the coefficient cancels w (P - 1) in fp32 before rounding.
+// a 16-bit (or tf32) operand, so they are scaled by kCoefScale / max|w| first and the product
+// is scaled back in fp32 (see kCoefScale). Folding the positive term into the coefficient
+// cancels w (P - 1) in fp32 before rounding. Each block recomputes the similarity tile over all
+// of D for its own D range, which is why large D goes to the two-stage backward instead.
 template <typename T>
 __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
     tc_backward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
@@ -447,10 +483,8 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
   const int ntiles = (c_end - c_begin + kTcCols - 1) / kTcCols;
   const int nsteps = ntiles * per_tile;
 
-  // NaN or 0 max -> scale 1 (NaN weights then reach the coefficients directly: NaN out).
-  const float wmax = *weight_absmax;
-  const float scale = wmax > 0.f ? wmax : 1.f;
-  const float inv_scale = 1.f / scale;
+  const float unit = weight_unit(weight_absmax);
+  const float coef_scale = kCoefScale / unit;
 
   int row[2], self_col[2], pos_col[2];
   float lse_r[2], w_r[2];
@@ -524,7 +558,7 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
               coeff = pair_coeff(s, lse_r[h], lse_m, w_r[h], w_m);
               if (c == pos_col[h]) coeff -= w_r[h] + w_m;
             }
-            acc[nt][2 * h + e] = coeff * inv_scale;
+            acc[nt][2 * h + e] = coeff * coef_scale;
           }
         }
       G2::make_coef(coef, acc);
@@ -540,7 +574,7 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
     }
   }
 
-  const float out_scale = scale * inv_tau;
+  const float out_scale = unit / kCoefScale * inv_tau;
   float* grad_u = grad_part + static_cast<int64_t>(blockIdx.z) * R * D;  // this split's slice
 #pragma unroll
   for (int v = 0; v < kNV; ++v)
@@ -554,6 +588,88 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
           if (row[h] < R && d < D)
             grad_u[static_cast<int64_t>(row[h]) * D + d] = grad[v][dn][2 * h + e] * out_scale;
         }
+}
+
+// Two-stage backward (large D), first stage: the coefficient tile of rows
+// row_begin + 64 blockIdx.y + [0, 64) and columns 64 blockIdx.x + [0, 64), from one similarity
+// pass over all of D, stored into coef [row_end - row_begin, C] (row-major, row i - row_begin):
+// as T scaled by kCoefScale / max|w| for 16-bit T, as fp32 for fp32 (TF32) inputs. The second
+// stage is one GEMM per wave of rows, grad_u = coef x u_cols (at::mm, fp32 output). Same masks
+// and positive fold as the fused kernel; rows outside [row_begin, row_end) are never written.
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
+    tc_coef_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
+                   int D, int row_offset, int row_begin, int row_end, float inv_tau,
+                   bool vec_ok, const float* __restrict__ row_lse,
+                   const float* __restrict__ col_lse, const float* __restrict__ row_weight,
+                   const float* __restrict__ col_weight,
+                   const float* __restrict__ weight_absmax,
+                   typename TcTraits<T>::Bits* __restrict__ coef) {
+  using Tr = TcTraits<T>;
+  __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
+  __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = row_begin + blockIdx.y * kTcRows;
+  const int col0 = blockIdx.x * kTcCols;
+  const int nk = (D + Tr::kChunk - 1) / Tr::kChunk;
+  // 16-bit workspace: scaled like the fused kernel's operands; fp32 workspace: as is.
+  const float coef_scale =
+      sizeof(typename Tr::Bits) == 2 ? kCoefScale / weight_unit(weight_absmax) : 1.f;
+
+  int row[2], self_col[2], pos_col[2];
+  float lse_r[2], w_r[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = row0 + warp * 16 + g + 8 * h;
+    self_col[h] = row_offset + row[h];
+    pos_col[h] = positive_col_i32(row[h], R, row_offset);
+    lse_r[h] = row[h] < row_end ? row_lse[row[h]] : 0.f;
+    w_r[h] = row[h] < row_end ? row_weight[row[h]] : 0.f;
+  }
+
+  float acc[8][4];
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+  // Step kc loads chunk kc of the row tile and of the column tile into buffer kc & 1.
+  auto issue = [&](int kc) {
+    load_chunk<T>(a_tiles[kc & 1], u_rows, R, D, row0, kc * Tr::kChunk, vec_ok);
+    load_chunk<T>(b_tiles[kc & 1], u_cols, C, D, col0, kc * Tr::kChunk, vec_ok);
+  };
+  issue(0);
+  cp_async_commit();
+  for (int kc = 0; kc < nk; ++kc) {
+    if (kc + 1 < nk) issue(kc + 1);  // buffer (kc+1)&1 was released by the last sync
+    cp_async_commit();               // (an empty group at the end keeps wait_1 exact)
+    cp_async_wait_1();
+    __syncthreads();
+    warp_gemm1<T>(acc, a_tiles[kc & 1], b_tiles[kc & 1], warp, lane);
+    __syncthreads();
+  }
+
+  // Thread (g, t4) of warp w holds acc[nt][2h + e] = S(row[h], col0 + 8 nt + 2 t4 + e).
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = col0 + nt * 8 + 2 * t4 + e;
+      if (c >= C) continue;
+      const float lse_m = col_lse[c];
+      const float w_m = col_weight[c];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (row[h] >= row_end) continue;
+        float coeff = 0.f;
+        if (c != self_col[h]) {
+          coeff = pair_coeff(acc[nt][2 * h + e] * inv_tau, lse_r[h], lse_m, w_r[h], w_m);
+          if (c == pos_col[h]) coeff -= w_r[h] + w_m;
+        }
+        coef[static_cast<int64_t>(row[h] - row_begin) * C + c] = Tr::to_bits(coeff * coef_scale);
+      }
+    }
 }
 
 // ============================================================================================
@@ -761,9 +877,51 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
     }
 }
 
+// Two-stage backward (large D) on the SIMT path, first stage: the coefficient tile of rows
+// row_begin + TILE blockIdx.y + [0, TILE) and columns TILE blockIdx.x + [0, TILE) from one
+// similarity pass over all of D, stored unscaled in the accumulation dtype into
+// coef [row_end - row_begin, C]; the second stage is one exact GEMM per wave (at::mm, TF32 off).
+template <typename scalar_t, typename acc_t, int TILE>
+__global__ void __launch_bounds__(kSimtThreads, 1)
+    simt_coef_kernel(const scalar_t* __restrict__ u_rows, const scalar_t* __restrict__ u_cols,
+                     int R, int C, int D, int row_offset, int row_begin, int row_end,
+                     acc_t inv_tau, const acc_t* __restrict__ row_lse,
+                     const acc_t* __restrict__ col_lse, const acc_t* __restrict__ row_weight,
+                     const acc_t* __restrict__ col_weight, acc_t* __restrict__ coef) {
+  constexpr int TM = TILE / 16;
+  __shared__ acc_t a_s[kSimtK][TILE + 1];
+  __shared__ acc_t b_s[kSimtK][TILE + 1];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int row0 = row_begin + blockIdx.y * TILE;
+  const int col0 = blockIdx.x * TILE;
+  acc_t acc[TM][TM];
+  simt_tile_dot<TILE>(acc, a_s, b_s, u_rows, u_cols, R, C, D, row0, col0);  // all threads
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int r = row0 + ty + 16 * i;
+    if (r >= row_end) continue;
+    const int self_col = row_offset + r;
+    const int pos_col = positive_col_i32(r, R, row_offset);
+    const acc_t lse_r = row_lse[r], w_r = row_weight[r];
+#pragma unroll
+    for (int j = 0; j < TM; ++j) {
+      const int c = col0 + tx + 16 * j;  // 16 consecutive columns per half-warp: coalesced
+      if (c >= C) continue;
+      acc_t coeff = acc_t(0);
+      if (c != self_col) {
+        coeff = pair_coeff(acc[i][j] * inv_tau, lse_r, col_lse[c], w_r, col_weight[c]);
+        if (c == pos_col) coeff -= w_r + col_weight[c];
+      }
+      coef[static_cast<int64_t>(r - row_begin) * C + c] = coeff;
+    }
+  }
+}
+
 // ============================================================================================
 // Normalization backward: one warp per row, grad_z = (grad_u - u (u . grad_u)) / ||z||, with
-// grad_u the sum of the backward's column-split slices
+// grad_u the sum of the backward's column-split slices times a scale: grad_scale, and
+// max|w| / kCoefScale when weight_absmax is given (the two-stage backward's 16-bit coefficients
+// were scaled by kCoefScale / max|w|). The fused kernels pass 1 and no weight_absmax.
 // ============================================================================================
 constexpr int kNormThreads = 256;
 
@@ -771,6 +929,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kNormThreads)
     normalize_backward_kernel(const scalar_t* __restrict__ u, const acc_t* __restrict__ grad_part,
                               int splits, const acc_t* __restrict__ norm, int R, int D,
+                              const float* __restrict__ weight_absmax, acc_t grad_scale,
                               scalar_t* __restrict__ grad_z) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * (kNormThreads / 32) + (threadIdx.x >> 5);
@@ -778,11 +937,15 @@ __global__ void __launch_bounds__(kNormThreads)
   const scalar_t* u_row = u + static_cast<int64_t>(r) * D;
   const acc_t* g_row = grad_part + static_cast<int64_t>(r) * D;
   const int64_t split_stride = static_cast<int64_t>(R) * D;
+  const acc_t scale =
+      weight_absmax != nullptr
+          ? grad_scale * static_cast<acc_t>(weight_unit(weight_absmax) / kCoefScale)
+          : grad_scale;
   // grad_u = sum of the column splits' slices, in a fixed order (bitwise reproducible)
   auto grad_at = [&](int d) {
     acc_t gsum = g_row[d];
     for (int sp = 1; sp < splits; ++sp) gsum += g_row[sp * split_stride + d];
-    return gsum;
+    return gsum * scale;  // scale 1 (the fused kernels) changes no bit
   };
   acc_t dot = acc_t(0);
   for (int d = lane; d < D; d += 32) dot += static_cast<acc_t>(u_row[d]) * grad_at(d);
@@ -798,16 +961,6 @@ __global__ void __launch_bounds__(kNormThreads)
 // ============================================================================================
 // Host side
 // ============================================================================================
-// The effective CUDA matmul precision that cuBLAS matmuls use: TF32 after
-// torch.backends.cuda.matmul.allow_tf32 = True (or fp32_precision = "tf32") or
-// set_float32_matmul_precision("high"); BF16 ("medium") allows even less, so TF32 too. Read
-// through the new API: allowTF32CuBLAS() raises when legacy and new settings were mixed.
-bool tf32_allowed() {
-  const auto p =
-      at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
-  return p == at::Float32Precision::TF32 || p == at::Float32Precision::BF16;
-}
-
 // cp.async needs 16-byte aligned sources: the base pointers and every row start.
 bool vec_aligned(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
@@ -825,15 +978,41 @@ void check_sizes(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row
               u_cols.size(0));
 }
 
+// CUDA allows at most 65535 blocks in grid y and z. No launch here puts D (or N) there any more
+// (the D ranges of the fused backward are at most kTcFusedMaxDRanges, larger D goes to the
+// two-stage backward, whose row waves are capped at 65535 tiles): this check guards that.
+void check_grid(const dim3& grid, int64_t D, const char* kernel) {
+  TORCH_CHECK(grid.y <= 65535 && grid.z <= 65535, "nt_xent (CUDA): ", kernel,
+              " would need a grid of (", grid.x, ", ", grid.y, ", ", grid.z,
+              ") blocks for D = ", D, "; CUDA allows at most 65535 in y and z");
+}
+
+// Resident blocks of `kernel` with `threads` threads on the current device (occupancy x SMs).
+// Cached per (device, kernel): neither changes while the process runs, and the occupancy query
+// would otherwise run on every call.
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, int threads) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, int64_t> cache;
+  const int device = c10::cuda::current_device();
+  const auto key = std::make_pair(device, reinterpret_cast<const void*>(kernel));
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) *
+                        at::cuda::getDeviceProperties(device)->multiProcessorCount;
+  cache.emplace(key, slots);
+  return slots;
+}
+
 // Column splits for a tensor-core launch with `blocks` blocks per split: enough splits to give
 // every resident block slot of the GPU one block (more would start a partly empty second
 // wave), never more than the column tiles. 2N = 4096: 64 row tiles -> 8 splits on an H100.
 template <typename Kernel>
 int column_splits(Kernel kernel, int64_t blocks, int col_tiles) {
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kTcThreads, 0));
-  const int64_t slots = static_cast<int64_t>(std::max(per_sm, 1)) *
-                        at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t slots = resident_blocks(kernel, kTcThreads);
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(1, slots / blocks), col_tiles));
 }
 
@@ -859,7 +1038,9 @@ void launch_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64
   at::Tensor part_sum = at::empty({splits, R}, f32);
   at::Tensor pos_logit = at::empty({R}, f32);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  tc_forward_kernel<T><<<dim3(row_tiles, splits), kTcThreads, 0, stream>>>(
+  const dim3 grid(row_tiles, splits);
+  check_grid(grid, D, "the tensor-core forward");
+  tc_forward_kernel<T><<<grid, kTcThreads, 0, stream>>>(
       u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
       static_cast<float>(1.0 / temperature), vec_ok, split_cols, part_max.data_ptr<float>(),
       part_sum.data_ptr<float>(), pos_logit.data_ptr<float>());
@@ -883,17 +1064,42 @@ void launch_simt_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// grad_u before the normalization backward, as `splits` slices [splits, R, D] to be summed.
+// grad_u before the normalization backward: `splits` slices [splits, R, D] to be summed, then
+// multiplied by grad_scale (and by max|w| / kCoefScale when weight_absmax is defined).
 struct GradParts {
   at::Tensor slices;
-  int splits;
+  int splits = 1;
+  at::Tensor weight_absmax;
+  double grad_scale = 1.0;
 };
+
+// The fused backward keeps its gradient accumulators for one D range (128 of D on tensor cores,
+// TILE on the SIMT path) and recomputes the similarity tile over all of D for each range. Up to
+// these many ranges it runs; beyond, the two-stage backward computes every similarity tile once
+// (at D = 8192 bf16 the fused kernel would run the similarity product 64 times). The fused
+// path stays where it is cheaper: no coefficient workspace traffic (2 bytes per similarity
+// element written and read back), which at D = 128 would cost more than the recomputation.
+constexpr int kTcFusedMaxDRanges = 2;    // D <= 256
+constexpr int kSimtFusedMaxDRanges = 1;  // D <= 64 (fp32) or 32 (fp64)
+
+// Rows per wave of the two-stage backward: its coefficient workspace [rows, C] stays within
+// max(the [R, D] accumulation-dtype gradient, 64 MiB), so memory stays O(N D) like the gradient
+// itself; a multiple of the row tile, at least one tile, at most 65535 tiles (grid.y).
+int64_t wave_rows(int64_t R, int64_t C, int64_t D, int64_t coef_bytes, int64_t acc_bytes,
+                  int64_t tile) {
+  const int64_t budget = std::max<int64_t>(R * D * acc_bytes, int64_t(64) << 20);
+  int64_t rows = budget / (C * coef_bytes) / tile * tile;
+  rows = std::min<int64_t>(rows, (R + tile - 1) / tile * tile);
+  rows = std::min<int64_t>(rows, int64_t(65535) * tile);
+  return std::max<int64_t>(rows, tile);
+}
 
 template <typename T>
 GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                              const at::Tensor& row_lse, const at::Tensor& col_lse,
                              const at::Tensor& row_weight, const at::Tensor& col_weight,
-                             int64_t row_offset, double temperature) {
+                             const at::Tensor& weight_absmax, int64_t row_offset,
+                             double temperature) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
   constexpr int kDRange = TcTraits<T>::kGradChunks * TcTraits<T>::kChunk;
@@ -905,17 +1111,73 @@ GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
   // [splits, R, D] fp32, every element written once; splits * row_tiles * d_ranges <= resident
   // blocks when splits > 1, so this stays O(N D) (and ~13 MB at most beyond [R, D]).
   at::Tensor slices = at::empty({splits, R, D}, u_rows.options().dtype(at::kFloat));
-  // Device-side max |w| (a 0-d tensor, no host sync): the coefficient scale.
+  const dim3 grid(row_tiles, d_ranges, splits);
+  check_grid(grid, D, "the fused tensor-core backward");
+  tc_backward_kernel<T><<<grid, kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
+      static_cast<float>(1.0 / temperature), vec_ok, row_lse.data_ptr<float>(),
+      col_lse.data_ptr<float>(), row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
+      weight_absmax.data_ptr<float>(), split_cols, slices.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {slices, splits, at::Tensor(), 1.0};
+}
+
+// Two-stage backward on tensor cores: per wave of rows, tc_coef_kernel writes the coefficients
+// [rows, C] (one similarity pass per tile), then one GEMM grad_u[rows] = coef x u_cols with fp32
+// output (cuBLAS, fp32 accumulation). fp32 inputs come here only when TF32 was decided in the
+// forward; the GEMM follows the process-wide TF32 setting at this moment (TF32 unless it was
+// switched off since, which only makes it exact).
+template <typename T>
+GradParts launch_tc_backward_two_stage(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                       const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                       const at::Tensor& row_weight,
+                                       const at::Tensor& col_weight,
+                                       const at::Tensor& weight_absmax, int64_t row_offset,
+                                       double temperature) {
+  const int64_t R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
+  const int64_t wave = wave_rows(R, C, D, sizeof(T), sizeof(float), kTcRows);
+  at::Tensor coef = at::empty({wave, C}, u_rows.options());  // T: 16-bit scaled, or fp32
+  at::Tensor grad_u = at::empty({R, D}, u_rows.options().dtype(at::kFloat));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  for (int64_t r0 = 0; r0 < R; r0 += wave) {
+    const int64_t rows = std::min<int64_t>(wave, R - r0);
+    const dim3 grid((C + kTcCols - 1) / kTcCols, (rows + kTcRows - 1) / kTcRows);
+    check_grid(grid, D, "the two-stage backward's coefficient kernel");
+    tc_coef_kernel<T><<<grid, kTcThreads, 0, stream>>>(
+        u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
+        static_cast<int>(r0), static_cast<int>(r0 + rows), static_cast<float>(1.0 / temperature),
+        vec_ok, row_lse.data_ptr<float>(), col_lse.data_ptr<float>(),
+        row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
+        weight_absmax.data_ptr<float>(),
+        reinterpret_cast<typename TcTraits<T>::Bits*>(coef.data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    at::Tensor out = grad_u.narrow(0, r0, rows);  // contiguous rows: written in place
+    if constexpr (std::is_same_v<T, float>)
+      at::mm_out(out, coef.narrow(0, 0, rows), u_cols);
+    else
+      at::mm_out(out, coef.narrow(0, 0, rows), u_cols, at::kFloat);  // fp32 out, no rounding
+  }
+  // 16-bit coefficients were scaled by kCoefScale / max|w|; fp32 ones were not.
+  const at::Tensor unit = std::is_same_v<T, float> ? at::Tensor() : weight_absmax;
+  return {grad_u, 1, unit, 1.0 / temperature};
+}
+
+template <typename T>
+GradParts tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                      const at::Tensor& row_lse, const at::Tensor& col_lse,
+                      const at::Tensor& row_weight, const at::Tensor& col_weight,
+                      int64_t row_offset, double temperature) {
+  // Device-side max |w| (a 0-d tensor, no host sync): the coefficient scaling unit.
   const at::Tensor weight_absmax =
       at::maximum(row_weight.abs().amax(), col_weight.abs().amax()).contiguous();
-  tc_backward_kernel<T>
-      <<<dim3(row_tiles, d_ranges, splits), kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
-          static_cast<float>(1.0 / temperature), vec_ok, row_lse.data_ptr<float>(),
-          col_lse.data_ptr<float>(), row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
-          weight_absmax.data_ptr<float>(), split_cols, slices.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {slices, splits};
+  constexpr int64_t kDRange = TcTraits<T>::kGradChunks * TcTraits<T>::kChunk;
+  const int64_t D = u_rows.size(1);
+  if ((D + kDRange - 1) / kDRange <= kTcFusedMaxDRanges)
+    return launch_tc_backward<T>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
+                                 weight_absmax, row_offset, temperature);
+  return launch_tc_backward_two_stage<T>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                         col_weight, weight_absmax, row_offset, temperature);
 }
 
 template <typename scalar_t, typename acc_t, int TILE>
@@ -928,6 +1190,7 @@ GradParts launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_col
   const auto acc = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
   at::Tensor grad_u = at::empty({R, D}, u_rows.options().dtype(acc));
   const dim3 grid((R + TILE - 1) / TILE, (D + TILE - 1) / TILE);
+  check_grid(grid, D, "the fused SIMT backward");
   simt_backward_kernel<scalar_t, acc_t, TILE>
       <<<grid, kSimtThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
@@ -935,17 +1198,66 @@ GradParts launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_col
           row_lse.data_ptr<acc_t>(), col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(),
           col_weight.data_ptr<acc_t>(), grad_u.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {grad_u, 1};
+  return {grad_u, 1, at::Tensor(), 1.0};
 }
 
+// Two-stage backward on the SIMT path (exact fp32, fp64): per wave, simt_coef_kernel writes
+// the coefficients in the accumulation dtype, then one exact GEMM grad_u[rows] = coef x u_cols
+// (TF32 off for it whatever the process-wide setting: this is the exact path); 1/tau is applied
+// by the normalization kernel.
+template <typename scalar_t, typename acc_t, int TILE>
+GradParts launch_simt_backward_two_stage(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                         const at::Tensor& row_lse, const at::Tensor& col_lse,
+                                         const at::Tensor& row_weight,
+                                         const at::Tensor& col_weight, int64_t row_offset,
+                                         double temperature) {
+  static_assert(std::is_same_v<scalar_t, acc_t>, "the SIMT path runs fp32 and fp64 only");
+  const int64_t R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  const int64_t wave = wave_rows(R, C, D, sizeof(acc_t), sizeof(acc_t), TILE);
+  at::Tensor coef = at::empty({wave, C}, u_rows.options());
+  at::Tensor grad_u = at::empty({R, D}, u_rows.options());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const at::NoTF32Guard exact_gemm;
+  for (int64_t r0 = 0; r0 < R; r0 += wave) {
+    const int64_t rows = std::min<int64_t>(wave, R - r0);
+    const dim3 grid((C + TILE - 1) / TILE, (rows + TILE - 1) / TILE);
+    check_grid(grid, D, "the two-stage backward's coefficient kernel");
+    simt_coef_kernel<scalar_t, acc_t, TILE><<<grid, kSimtThreads, 0, stream>>>(
+        u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
+        static_cast<int>(row_offset), static_cast<int>(r0), static_cast<int>(r0 + rows),
+        static_cast<acc_t>(1.0 / temperature), row_lse.data_ptr<acc_t>(),
+        col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(), col_weight.data_ptr<acc_t>(),
+        coef.data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    at::Tensor out = grad_u.narrow(0, r0, rows);
+    at::mm_out(out, coef.narrow(0, 0, rows), u_cols);
+  }
+  return {grad_u, 1, at::Tensor(), 1.0 / temperature};
+}
+
+template <typename scalar_t, typename acc_t, int TILE>
+GradParts simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                        const at::Tensor& row_lse, const at::Tensor& col_lse,
+                        const at::Tensor& row_weight, const at::Tensor& col_weight,
+                        int64_t row_offset, double temperature) {
+  if (u_rows.size(1) <= int64_t(TILE) * kSimtFusedMaxDRanges)
+    return launch_simt_backward<scalar_t, acc_t, TILE>(u_rows, u_cols, row_lse, col_lse,
+                                                       row_weight, col_weight, row_offset,
+                                                       temperature);
+  return launch_simt_backward_two_stage<scalar_t, acc_t, TILE>(
+      u_rows, u_cols, row_lse, col_lse, row_weight, col_weight, row_offset, temperature);
+}
+
+// tf32: the precision decision, taken once by the forward's caller and passed to the backward
+// (ntxent.cpp: tf32_enabled), so that the two always run the same path.
 template <typename scalar_t>
 void forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
-                  double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
+                  double temperature, bool tf32, at::Tensor& row_loss, at::Tensor& row_lse) {
   if constexpr (std::is_same_v<scalar_t, double>) {
     launch_simt_forward<double, double, 32>(u_rows, u_cols, row_offset, temperature, row_loss,
                                             row_lse);
   } else if constexpr (std::is_same_v<scalar_t, float>) {
-    if (tf32_allowed())
+    if (tf32)
       launch_tc_forward<float>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
     else
       launch_simt_forward<float, float, 64>(u_rows, u_cols, row_offset, temperature, row_loss,
@@ -960,31 +1272,31 @@ void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                    const at::Tensor& norm_rows, const at::Tensor& row_lse,
                    const at::Tensor& col_lse, const at::Tensor& row_weight,
                    const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                   at::Tensor& grad_z) {
+                   bool tf32, at::Tensor& grad_z) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   GradParts parts;
   if constexpr (std::is_same_v<scalar_t, double>) {
-    parts = launch_simt_backward<double, double, 32>(u_rows, u_cols, row_lse, col_lse,
-                                                     row_weight, col_weight, row_offset,
-                                                     temperature);
+    parts = simt_backward<double, double, 32>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                              col_weight, row_offset, temperature);
   } else if constexpr (std::is_same_v<scalar_t, float>) {
-    if (tf32_allowed())
-      parts = launch_tc_backward<float>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                        col_weight, row_offset, temperature);
+    if (tf32)
+      parts = tc_backward<float>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
+                                 row_offset, temperature);
     else
-      parts = launch_simt_backward<float, float, 64>(u_rows, u_cols, row_lse, col_lse,
-                                                     row_weight, col_weight, row_offset,
-                                                     temperature);
+      parts = simt_backward<float, float, 64>(u_rows, u_cols, row_lse, col_lse, row_weight,
+                                              col_weight, row_offset, temperature);
   } else {
-    parts = launch_tc_backward<scalar_t>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                         col_weight, row_offset, temperature);
+    parts = tc_backward<scalar_t>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
+                                  row_offset, temperature);
   }
   const int R = u_rows.size(0), D = u_rows.size(1);
   const dim3 grid((R + kNormThreads / 32 - 1) / (kNormThreads / 32));
   normalize_backward_kernel<scalar_t, acc_t>
       <<<grid, kNormThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           u_rows.data_ptr<scalar_t>(), parts.slices.data_ptr<acc_t>(), parts.splits,
-          norm_rows.data_ptr<acc_t>(), R, D, grad_z.data_ptr<scalar_t>());
+          norm_rows.data_ptr<acc_t>(), R, D,
+          parts.weight_absmax.defined() ? parts.weight_absmax.data_ptr<float>() : nullptr,
+          static_cast<acc_t>(parts.grad_scale), grad_z.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -992,7 +1304,7 @@ void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
                                                 const at::Tensor& u_cols, int64_t row_offset,
-                                                double temperature) {
+                                                double temperature, bool tf32) {
   const c10::cuda::CUDAGuard guard(u_rows.device());
   check_sizes(u_rows, u_cols, row_offset);
   const auto acc = u_rows.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -1000,7 +1312,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
   at::Tensor row_lse = at::empty({u_rows.size(0)}, u_rows.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent forward (CUDA)", [&] {
-        forward_impl<scalar_t>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
+        forward_impl<scalar_t>(u_rows, u_cols, row_offset, temperature, tf32, row_loss,
+                               row_lse);
       });
   return {row_loss, row_lse};
 }
@@ -1008,14 +1321,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
 at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature) {
+                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                         bool tf32) {
   const c10::cuda::CUDAGuard guard(u_rows.device());
   check_sizes(u_rows, u_cols, row_offset);
   at::Tensor grad_z = at::empty_like(u_rows, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent backward (CUDA)", [&] {
         backward_impl<scalar_t>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                                col_weight, row_offset, temperature, grad_z);
+                                col_weight, row_offset, temperature, tf32, grad_z);
       });
   return grad_z;
 }

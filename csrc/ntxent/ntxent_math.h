@@ -1,4 +1,5 @@
-// NT-Xent per-row math, written once for the CPU and the CUDA kernels (DESIGN 3.1).
+// NT-Xent per-row math, written once for the CPU and the CUDA kernels (docs/architecture.md,
+// 2.1).
 // `acc_t` is the accumulation type: float for fp32/bf16/fp16 inputs, double for the fp64 path.
 #pragma once
 #include <c10/macros/Macros.h>
