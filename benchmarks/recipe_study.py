@@ -15,13 +15,13 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: F401,E402  first: puts an in-place build ahead of an installed simclr_ext
 
+from simclr_ext import simclr_param_groups  # noqa: E402
 from simclr_ext.data import DeviceAugment, TwoViews, load_sources  # noqa: E402
 from simclr_ext.evaluate import extract_features, train_linear  # noqa: E402
 from simclr_ext.models import SimCLRModel, preferred_memory_format  # noqa: E402
@@ -60,12 +60,13 @@ def pretrain(cfg, pre_src, dev, seed=0, monitor=None, log=None):
     loss_cls, lars_cls, color_cls = build_ops("fused")
     crit = loss_cls(temperature=cfg["temperature"])
     peak = scaled_lr(cfg["base_lr"], cfg["batch_size"], cfg["lr_scaling"])
-    opt = lars_cls(lars_cls.exclude_bias_and_norm(model, 1e-6), lr=peak, momentum=0.9,
+    opt = lars_cls(simclr_param_groups(model, 1e-6), lr=peak, momentum=0.9,
                    weight_decay=1e-6, eta=0.001)
     spe = len(views) // cfg["batch_size"]
     sched = WarmupCosine(peak, cfg["epochs"] * spe, int(round(0.1 * cfg["epochs"] * spe)))
     aug = DeviceAugment(color_cls, size, cfg["color"], cfg["blur"],
-                        generator=torch.Generator(dev).manual_seed(seed + 1)).to(dev)
+                        generator=torch.Generator(dev).manual_seed(seed + 1),
+                        memory_format=torch.channels_last if cl else torch.contiguous_format).to(dev)
     step, recs = 0, []
     for epoch in range(cfg["epochs"]):
         views.set_epoch(epoch)

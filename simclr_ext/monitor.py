@@ -102,3 +102,65 @@ def embedding_stats(z1: Tensor, z2: Tensor) -> dict:
         "uniform": uniformity(torch.cat([z1, z2])),
         "erank": effective_rank(z1),
     }
+
+
+class EpochMonitor:
+    """The per-epoch monitor of a SimCLR run: kNN top-1 of a fixed held-out subset against a
+    fixed train subset (encoder features h of un-augmented images), and the view-pair statistics
+    of z on fixed augmented pairs of held-out images (`embedding_stats`).
+
+    The subsets, the pairs' crops and their color / blur draws are fixed at construction (their
+    own generators), so the curves compare epochs on the same inputs and the monitor never
+    touches the training's random streams: `augment` is a DeviceAugment with the run's color
+    and blur settings and a generator of its own, used once. Subsets keep the monitor cheap: about 1500 forward
+    passes (bank 1000, queries 500) and 2 x 256 for the pairs, a few percent of a default epoch.
+    """
+
+    def __init__(self, train_source, test_source, image_size: int, augment, device,
+                 crop_scale: float = 0.08, bank: int = 1000, queries: int = 500,
+                 pairs: int = 256, seed: int = 0, channels_last: bool = False):
+        from .data import TwoViews
+
+        g = torch.Generator().manual_seed(seed + 4242)
+        pick = lambda src, n: torch.randperm(len(src), generator=g)[:min(n, len(src))].tolist()  # noqa: E731
+        self.bank = _Subset(train_source, pick(train_source, bank))
+        self.queries = _Subset(test_source, pick(test_source, queries))
+        views = TwoViews(test_source, image_size, seed=seed + 99, scale=(crop_scale, 1.0))
+        idx = pick(test_source, pairs)
+        p = torch.stack([views[i][0] for i in idx])  # [P, 2, 3, S, S] uint8
+        b = p.shape[0]
+        # the pairs' color distortion and blur are drawn once, here
+        self.pairs = augment(p.to(device).transpose(0, 1).reshape(2 * b, *p.shape[2:]))
+        self.image_size, self.device, self.channels_last = image_size, device, channels_last
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        """model: a SimCLRModel (encoder, head); -> {'knn_top1', 'pos_cos', 'align', 'uniform',
+        'erank'}. The model is put back in its previous train / eval mode."""
+        from .evaluate import extract_features
+
+        enc = model.encoder
+        with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed from torch's RNG
+            ftr, ytr = extract_features(enc, self.bank, self.image_size, self.device,
+                                        channels_last=self.channels_last)
+            fte, yte = extract_features(enc, self.queries, self.image_size, self.device,
+                                        channels_last=self.channels_last)
+        was = model.training
+        model.eval()
+        _, z = model(self.pairs)
+        model.train(was)
+        b = z.shape[0] // 2
+        out = {"knn_top1": knn_top1(ftr, ytr, fte, yte, k=20)}
+        out.update(embedding_stats(z[:b].float(), z[b:].float()))
+        return out
+
+
+class _Subset(torch.utils.data.Dataset):
+    def __init__(self, source, indices):
+        self.source, self.indices = source, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.source[self.indices[i]]

@@ -12,35 +12,12 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .data import EvalView, normalize, sample_crop
+from .data import EvalView, OneView, normalize
 from .evaluate import topk_accuracy
 from .models import ResNetEncoder, CIFAR_STEM_MAX_SIZE
 from .schedule import WarmupCosine
-
-
-class OneView(Dataset):
-    """(uint8 [3, S, S] one random view, label): RandomResizedCrop(scale) + flip, a function of
-    (seed, epoch, index) like data.TwoViews."""
-
-    def __init__(self, source, image_size: int, seed: int = 0, scale=(0.08, 1.0)):
-        self.source, self.size, self.seed, self.scale = source, image_size, seed, scale
-        self.epoch = 0
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        import torchvision.transforms.v2.functional as TF
-
-        img, target = self.source[i]
-        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % (2**63))
-        top, left, ch, cw = sample_crop(img.shape[-2], img.shape[-1], g, self.scale)
-        out = TF.resized_crop(img, top, left, ch, cw, [self.size, self.size], antialias=True)
-        if torch.rand(1, generator=g).item() < 0.5:
-            out = out.flip(-1)
-        return out, target
 
 
 class Classifier(nn.Module):
@@ -80,7 +57,7 @@ def train_supervised(train_source, test_source, image_size: int, num_classes: in
     step = 0
     model.train()
     for epoch in range(epochs):
-        data.epoch = epoch
+        data.set_epoch(epoch)
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(seed + epoch))
         total, n = 0.0, 0
