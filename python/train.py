@@ -32,12 +32,12 @@ from simclr_ext import checkpoint as ckpt_lib
 from simclr_ext import distributed as D
 from simclr_ext.data import DATASETS, EMBEDDED, DataError, DeviceAugment, ResumableSampler, TwoViews, load_sources
 from simclr_ext.defaults import augmentation_defaults, native_image_size
-from simclr_ext.monitor import EpochMonitor
-from simclr_ext.supervised import train_supervised
 from simclr_ext.evaluate import format_table, linear_eval, random_init_model
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
+from simclr_ext.monitor import EpochMonitor
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step
 from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
+from simclr_ext.supervised import train_supervised
 
 # Flags that define the model and the data stream: a resumed run takes them from its checkpoint.
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
@@ -46,8 +46,6 @@ RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_
             "val_fraction", "crop_scale")
 # checkpoints written before a key existed ran with this value
 RUN_KEY_BEFORE = {"crop_scale": 0.08}
-# flags whose default depends on the data (simclr_ext/defaults.py): None until resolve_defaults
-ADAPTIVE = ("image_size", "crop_scale", "color_strength", "blur_p")
 
 
 def build_parser():
@@ -597,7 +595,7 @@ def finish(s: Setup, code: int) -> int:
 
 
 def resolve_defaults(args):
-    """Fill the flags left at None whose default depends on the data (ADAPTIVE): the image size
+    """Fill the flags left at None whose default depends on the data: the image size
     from the data, then crop scale, color strength and blur by image size (simclr_ext/defaults.py).
     A resumed run has them all from its checkpoint."""
     if args.image_size is None:
