@@ -4,11 +4,15 @@ pip builds in an isolated environment by default, where the user's torch is not 
 build requirement on torch would install a second, multi-GB torch into that environment and
 compile the extension against it, which can differ from the torch the package later runs under
 (an ABI mismatch that shows up as undefined symbols at import). Instead this backend keeps pip's
-isolation for the build tools (setuptools, wheel, ninja come from the isolated environment,
-first on sys.path; pybind11 is the copy bundled with torch) and appends the target
-interpreter's own site-packages at the end, so `import torch` finds the torch that is already
-installed. The extension is then built against
-exactly the torch it will run with; simclr_ext's import-time check catches a later torch change.
+isolation for the build tools (setuptools and ninja come from the isolated environment, first on
+sys.path; pybind11 is the copy bundled with torch) and appends the target interpreter's own
+site-packages at the end, so `import torch` finds the torch that is already installed. The
+extension is then built against exactly the torch it will run with; simclr_ext's import-time check
+catches a later torch change (docs/architecture.md, 6).
+
+This works because pip runs the backend with the target environment's own interpreter. `python -m
+build` instead runs it inside a separate virtual environment, whose site-packages are not the
+target's: there setup.py stops with a message naming `python -m build --no-isolation`.
 """
 import sys
 import sysconfig

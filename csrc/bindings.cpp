@@ -57,9 +57,18 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("u_cols"), pybind11::arg("norm_rows"), pybind11::arg("row_lse"),
         pybind11::arg("col_lse"), pybind11::arg("row_weight"), pybind11::arg("col_weight"),
         pybind11::arg("row_offset"), pybind11::arg("temperature"), pybind11::arg("symmetric"),
-        pybind11::arg("tf32") = pybind11::none(),
+        pybind11::arg("tf32") = pybind11::none(), pybind11::arg("row_loss") = pybind11::none(),
         "grad_z [R, D] of sum_k w_k loss_k (normalization backward fused); tf32: the "
-        "forward's decision");
+        "forward's decision; row_loss: the forward's (the positive's term without "
+        "cancellation)");
+  m.def("ntxent_bank_forward", &simclr_ext::ntxent::bank_forward, pybind11::arg("u_rows"),
+        pybind11::arg("bank"), pybind11::arg("temperature"),
+        pybind11::arg("tf32") = pybind11::none(),
+        "lse_bank [R]: log sum_b exp(u_k . bank_b / tau), no self or positive among the bank");
+  m.def("ntxent_bank_backward", &simclr_ext::ntxent::bank_backward, pybind11::arg("u_rows"),
+        pybind11::arg("bank"), pybind11::arg("row_lse"), pybind11::arg("row_weight"),
+        pybind11::arg("temperature"), pybind11::arg("tf32") = pybind11::none(),
+        "G [R, D] (accumulation dtype): w_k sum_b exp(s_kb - row_lse_k) bank_b");
   m.def("ntxent_tf32_enabled", &simclr_ext::ntxent::tf32_enabled,
         "Whether fp32 NT-Xent takes the CUDA TF32 path now (cuBLAS's rule, on this thread)");
 

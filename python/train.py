@@ -33,21 +33,26 @@ import simclr_ext
 from simclr_ext import checkpoint as ckpt_lib
 from simclr_ext import reference as simclr_reference
 from simclr_ext import distributed as D
-from simclr_ext.data import (DATASETS, DataError, ResumableSampler, bad_image_count,
-                             collate_images, load_sources, view_seed)
+from simclr_ext.data import (DATASETS, EMBEDDED, DataError, DeviceAugment, ResumableSampler,
+                             bad_image_count, collate_images, load_sources, view_seed)
+from simclr_ext.defaults import augmentation_defaults, native_image_size
 from simclr_ext.evaluate import format_table, linear_eval, random_init_model
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
+from simclr_ext.monitor import EpochMonitor
 from simclr_ext.recipe import IMPLS, build_ops, simclr_step
 from simclr_ext.schedule import WarmupCosine, default_warmup_epochs, scaled_lr
+from simclr_ext.supervised import train_supervised
 
 # Flags that define the model and the data stream: a resumed run takes them from its checkpoint.
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
             "test_size", "batch_size", "epochs", "base_lr", "lr_scaling", "warmup_epochs",
             "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum",
-            "val_fraction", "augment")
+            "val_fraction", "augment", "crop_scale")
 # --augment: SimCLRAugment's fused kernels, or the same views made per view with torchvision's
 # functional ops (simclr_ext.reference.SimCLRAugment: same sampler, the baseline it is compared to)
 AUGMENTS = ("fused", "torchvision")
+# checkpoints written before a key existed ran with this value
+RUN_KEY_BEFORE = {"crop_scale": 0.08}
 
 
 def build_parser():
@@ -57,11 +62,13 @@ def build_parser():
         allow_abbrev=False)  # a resumed run compares the flags given; no silent abbreviations
     a = p.add_argument_group("data")
     a.add_argument("--dataset", default="shapes", choices=DATASETS,
-                   help="shapes = the embedded procedural data set (no files, no download)")
+                   help="shapes, objects = the embedded procedural data sets (no files, no download)")
     a.add_argument("--data-dir", default=None, help="root for imagefolder / cifar10 / cifar100 / stl10")
-    a.add_argument("--image-size", type=int, default=24)
-    a.add_argument("--train-size", type=int, default=4000, help="shapes: training images")
-    a.add_argument("--test-size", type=int, default=2000, help="shapes: held-out images")
+    a.add_argument("--image-size", type=int, default=None,
+                   help="default: the data's native side (embedded sets 24, CIFAR 32, STL-10 96, "
+                        "an ImageFolder its first image's short side), at most 224")
+    a.add_argument("--train-size", type=int, default=4000, help="embedded sets: training images")
+    a.add_argument("--test-size", type=int, default=2000, help="embedded sets: held-out images")
     a.add_argument("--val-fraction", type=float, default=0.1,
                    help="imagefolder without train/ and val/: held-out fraction")
     a.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -87,9 +94,14 @@ def build_parser():
     o.add_argument("--weight-decay", type=float, default=1e-6)
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--lars-eta", type=float, default=0.001)
-    o.add_argument("--temperature", type=float, default=0.2)
-    o.add_argument("--color-strength", type=float, default=1.0)
-    o.add_argument("--blur-p", type=float, default=0.5)
+    o.add_argument("--temperature", type=float, default=0.1)
+    o.add_argument("--crop-scale", type=float, default=None,
+                   help="lower bound of the random crop's area fraction; default 0.35 up to 64 px, "
+                        "0.08 (the paper's) above")
+    o.add_argument("--color-strength", type=float, default=None,
+                   help="default 0.5 up to 64 px (the paper's CIFAR value), 1.0 above")
+    o.add_argument("--blur-p", type=float, default=None,
+                   help="default 0 up to 64 px (the paper's CIFAR recipe), 0.5 above")
     o.add_argument("--impl", default="fused", choices=IMPLS,
                    help="fused simclr_ext ops (NT-Xent, LARS), or their plain-PyTorch references")
     o.add_argument("--augment", default="fused", choices=AUGMENTS,
@@ -119,6 +131,12 @@ def build_parser():
     r.add_argument("--no-eval", action="store_true", help="pretrain only")
     r.add_argument("--no-random-baseline", action="store_true",
                    help="skip evaluating the random-init encoder")
+    r.add_argument("--supervised-baseline", action="store_true",
+                   help="also train the same encoder with labels under the same budget (epochs, "
+                        "batch, crop + flip): the supervised ceiling, in the final table")
+    r.add_argument("--monitor-every", type=int, default=1,
+                   help="epochs between monitor points (kNN top-1, positive cosine, alignment, "
+                        "uniformity, effective rank) in metrics.jsonl; 0 = none")
     r.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--stop-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: act as if SIGTERM arrived
@@ -134,16 +152,24 @@ def validate(p, args):
         p.error(f"--arch: unknown architecture {args.arch!r}; expected one of {sorted(ARCHS)}")
     if args.head not in HEADS:
         p.error(f"--head: unknown projection head {args.head!r}; expected one of {list(HEADS)}")
-    for name in ("epochs", "image_size", "width", "proj_dim", "train_size", "test_size", "eval_epochs"):
+    for name in ("epochs", "width", "proj_dim", "train_size", "test_size", "eval_epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.image_size < 8:
+    if args.image_size is not None and args.image_size < 8:
         p.error(f"--image-size must be >= 8, got {args.image_size}")
+    if args.crop_scale is not None and not 0 < args.crop_scale <= 1:
+        p.error(f"--crop-scale must be in (0, 1], got {args.crop_scale}")
+    if args.monitor_every < 0:
+        p.error(f"--monitor-every must be >= 0, got {args.monitor_every}")
     for name in ("base_lr", "temperature"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.weight_decay < 0 or args.color_strength < 0 or not 0 <= args.blur_p <= 1:
+    if (args.weight_decay < 0 or (args.color_strength is not None and args.color_strength < 0)
+            or (args.blur_p is not None and not 0 <= args.blur_p <= 1)):
         p.error("--weight-decay and --color-strength must be >= 0 and --blur-p in [0, 1]")
+    if args.color_strength is not None and args.color_strength > 2.5:
+        p.error(f"--color-strength must be <= 2.5 (its hue range 0.2 x strength must stay <= 0.5, "
+                f"as torchvision requires), got {args.color_strength}")
     if args.threads < 0:
         p.error(f"--threads must be >= 0, got {args.threads}")
     if args.workers < 0:
@@ -152,7 +178,7 @@ def validate(p, args):
         p.error(f"--save-every-steps must be >= 0 (0: epoch ends only), got {args.save_every_steps}")
     if not args.dist_timeout > 0:
         p.error(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
-    if args.dataset != "shapes":
+    if args.dataset not in EMBEDDED:
         if args.data_dir is None:
             p.error(f"--dataset {args.dataset} needs --data-dir")
         if not os.path.isdir(args.data_dir):
@@ -218,7 +244,7 @@ def parse_flags(parser, argv):
             parser.error(f"--resume: checkpoint {resume_ckpt['path']} does not match this run: "
                          + ", ".join(diff))
         for k in RUN_KEYS:
-            setattr(args, k, saved[k])
+            setattr(args, k, saved.get(k, RUN_KEY_BEFORE.get(k)))
         args.run_dir = os.path.dirname(resume_ckpt["path"])
     validate(parser, args)
     if resume_ckpt is None and args.run_dir and os.path.exists(os.path.join(args.run_dir, ckpt_lib.LAST)):
@@ -285,7 +311,8 @@ def progress_bar(total, initial, desc):
 
 
 def make_plot(run_dir, results=None) -> bool:
-    """metrics.png (loss, lr, linear-evaluation accuracies); False when matplotlib is missing."""
+    """metrics.png (loss, lr, the monitor's kNN top-1 / positive cosine / uniformity / effective
+    rank per epoch, linear-evaluation accuracies); False when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -296,7 +323,9 @@ def make_plot(run_dir, results=None) -> bool:
 
     recs = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     tr = [r for r in recs if r.get("kind") == "train"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    mon = [r for r in recs if r.get("kind") == "monitor"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    axes = axes.ravel()
     if tr:
         axes[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
         axes[1].plot([r["step"] for r in tr], [r["lr"] for r in tr])
@@ -310,6 +339,16 @@ def make_plot(run_dir, results=None) -> bool:
         axes[2].set_xticks(x, names)
         axes[2].legend()
     axes[2].set(title="linear evaluation (held-out)", ylabel="accuracy %")
+    if mon:
+        ep = [r["epoch"] for r in mon]
+        axes[3].plot(ep, [r["knn_top1"] for r in mon], marker="o")
+        for key in ("pos_cos", "align", "uniform"):
+            axes[4].plot(ep, [r[key] for r in mon], marker="o", label=key)
+        axes[4].legend()
+        axes[5].plot(ep, [r["erank"] for r in mon], marker="o")
+    axes[3].set(title="kNN top-1, k = 20 (held-out subset)", xlabel="epoch", ylabel="accuracy %")
+    axes[4].set(title="view pairs: positive cosine, alignment, uniformity", xlabel="epoch")
+    axes[5].set(title="effective rank of z", xlabel="epoch")
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "metrics.png"), dpi=100)
     plt.close(fig)
@@ -494,7 +533,8 @@ def build_training(s: Setup, data: Data) -> Training:
     # reseeded before every step (view_seed); the views come in the model's memory format
     aug_gen = torch.Generator(dev).manual_seed(view_seed(a.seed, 0, 0, s.info.rank))
     aug_cls = simclr_ext.SimCLRAugment if a.augment == "fused" else simclr_reference.SimCLRAugment
-    augment = aug_cls(a.image_size, color_strength=a.color_strength, blur_p=a.blur_p,
+    augment = aug_cls(a.image_size, scale=(a.crop_scale, 1.0), color_strength=a.color_strength,
+                      blur_p=a.blur_p,
                       generator=aug_gen, channels_last=memory_format == torch.channels_last)
     return Training(model, core, memory_format, criterion, optimizer, schedule, scaler, augment,
                     aug_gen, peak_lr, LossGuard(dev))
@@ -647,8 +687,10 @@ def train_one_epoch(s: Setup, data: Data, tr: Training, pos: Position, stop: Sto
     return interrupted, log.close()
 
 
-def pretrain(s: Setup, data: Data, tr: Training, pos: Position):
-    """Epochs until the last one or a stop signal, a checkpoint after each -> signal or None."""
+def pretrain(s: Setup, data: Data, tr: Training, pos: Position, monitor=None):
+    """Epochs until the last one or a stop signal, a checkpoint after each -> signal or None.
+    monitor (rank 0): its figures go to metrics.jsonl as kind "monitor" every --monitor-every
+    epochs and after the last."""
     a = s.args
     s.say(f"pretraining: {a.arch} (width {a.width}, "
           f"{sum(p.numel() for p in tr.core.parameters()) / 1e6:.2f} M params) on {s.device} x "
@@ -662,6 +704,9 @@ def pretrain(s: Setup, data: Data, tr: Training, pos: Position):
             if interrupted is None:
                 pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
                 s.metrics.log(kind="epoch", epoch=pos.epoch, step=pos.global_step, loss=mean_loss)
+                if monitor is not None and (pos.epoch % a.monitor_every == 0 or pos.epoch == a.epochs):
+                    s.metrics.log(kind="monitor", epoch=pos.epoch, step=pos.global_step,
+                                  **monitor(tr.core))
             save_checkpoint(s, tr, pos, "interrupt" if interrupted else "epoch")
             if a.skip_bad_images:
                 s.say_skipped(f"epoch {pos.epoch}")
@@ -681,8 +726,21 @@ def evaluate(s: Setup, data: Data, tr: Training) -> dict:
                                     data.train.num_classes, epochs=a.eval_epochs, seed=a.seed,
                                     channels_last=tr.memory_format == torch.channels_last)
         s.metrics.log(kind="eval", encoder=name, **results[name])
+    if a.supervised_baseline:
+        s.say(f"supervised baseline: the same encoder trained with labels, {a.epochs} epochs, "
+              f"batch {a.batch_size}, crop {a.crop_scale}-1 + flip")
+        sup = train_supervised(data.train, data.test, a.image_size, data.train.num_classes,
+                               arch=a.arch, width=a.width, epochs=a.epochs,
+                               batch_size=a.batch_size, crop_scale=(a.crop_scale, 1.0),
+                               device=s.device, seed=a.seed)
+        results["supervised"] = {k: sup[k] for k in ("top1", "top5", "train_top1")}
+        s.metrics.log(kind="eval", encoder="supervised", **sup)
     s.say(f"\nlinear evaluation ({a.dataset}, {len(data.train)} train / {len(data.test)} held-out, "
           f"{time.time() - t1:.0f} s):\n{format_table(results)}")
+    if "supervised" in results and results["supervised"]["top1"] > 0:
+        frac = 100 * results["SimCLR"]["top1"] / results["supervised"]["top1"]
+        s.say(f"SimCLR reaches {frac:.0f}% of the supervised ceiling "
+              f"({results['SimCLR']['top1']:.1f}% / {results['supervised']['top1']:.1f}% top-1)")
     return results
 
 
@@ -715,12 +773,38 @@ def finish(s: Setup, code: int) -> int:
     return code
 
 
+def resolve_defaults(args):
+    """Fill the flags left at None whose default depends on the data: the image size
+    from the data, then crop scale, color strength and blur by image size (simclr_ext/defaults.py).
+    A resumed run has them all from its checkpoint."""
+    if args.image_size is None:
+        args.image_size = native_image_size(args.dataset, args.data_dir)
+    for k, v in augmentation_defaults(args.image_size).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
+def build_monitor(s: Setup, data: Data, tr: Training) -> Optional[EpochMonitor]:
+    """The per-epoch monitor (rank 0, --monitor-every > 0): fixed subsets and pairs, its own
+    augmentation generator, so it leaves the training's random streams alone."""
+    a = s.args
+    if a.monitor_every == 0 or not s.info.is_main:
+        return None
+    _, _, color_cls = build_ops(a.impl)
+    aug = DeviceAugment(color_cls, a.image_size, a.color_strength, a.blur_p,
+                        generator=torch.Generator(s.device).manual_seed(a.seed + 777),
+                        memory_format=tr.memory_format)
+    return EpochMonitor(data.train, data.test, a.image_size, aug, s.device, a.crop_scale,
+                        seed=a.seed, channels_last=tr.memory_format == torch.channels_last)
+
+
 def run(args, resume_ckpt) -> int:
+    resolve_defaults(args)
     s = set_up(args)
     data = load_data(s)
     tr = build_training(s, data)
     pos = restore(s, tr, resume_ckpt) if resume_ckpt is not None else Position()
-    interrupted = pretrain(s, data, tr, pos)
+    interrupted = pretrain(s, data, tr, pos, build_monitor(s, data, tr))
     if interrupted is not None:
         s.say(f"interrupted ({signal.Signals(interrupted).name}): checkpoint saved at epoch "
               f"{pos.epoch}, step {pos.global_step}; continue with: python python/train.py "

@@ -15,7 +15,7 @@ from .optim import LARS, simclr_param_groups
 from .pipeline import (SimCLRAugment, SimCLRParams, gaussian_blur, gaussian_blur_, resized_crop,
                        sample_crop_boxes)
 
-__version__ = build_info()["version"]
+from ._version import __version__
 
 __all__ = [
     "build_info", "__version__",

@@ -2,7 +2,10 @@
 
 A C++ extension is tied to the exact torch it was compiled with: loaded under another one it
 fails with undefined symbols or, worse, crashes. The torch version is therefore recorded at build
-time (simclr_ext/_build_config.py, written by setup.py) and compared before _C is loaded.
+time in _build_config.py, a build output written next to _C (by setup.py's build_ext into the
+build directory and the wheel, or into the source tree by `build_ext --inplace`; the CMake build
+writes one beside its _C too), and compared before _C is loaded. Without that record (a _C copied
+in by hand) the release check on _C.build_info() below still applies (docs/architecture.md, 6).
 """
 import re
 
@@ -15,7 +18,7 @@ REBUILD_HINT = (
 
 try:
     from . import _build_config as build_config
-except ImportError:  # a build that did not go through setup.py (e.g. the CMake build)
+except ImportError:  # no record beside _C: only the release check below applies
     build_config = None
 
 if build_config is not None and build_config.TORCH_VERSION != torch.__version__:
@@ -50,8 +53,8 @@ def build_info() -> dict:
 
     Returns a dict with ``version``, ``with_cuda`` (whether the CUDA kernels were compiled),
     ``cuda_archs`` (e.g. ``"800,900"``), ``cuda_version`` and ``torch_version`` as compiled into
-    ``_C``, plus ``torch_version_full`` and ``cuda_arch_list`` recorded by setup.py when
-    available.
+    ``_C``, plus ``torch_version_full`` and ``cuda_arch_list`` recorded at build time
+    (_build_config.py) when available.
     """
     info = dict(_C.build_info())
     if build_config is not None:

@@ -57,6 +57,34 @@ def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
     )
 
 
+_DOUBLE_BACKWARD = (
+    "simclr_ext NT-Xent has no double backward (create_graph=True through its fused backward, "
+    "e.g. a gradient penalty); use simclr_ext.reference.nt_xent_loss or "
+    "simclr_ext.reference.NTXentLoss, the plain-PyTorch twin, for higher-order gradients"
+)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on a gradient computed by a fused backward; differentiating it raises."""
+
+    @staticmethod
+    def forward(ctx, grad, *anchors):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _first_order_only(grad, *anchors):
+    """Under create_graph=True, tie `grad` to the graph so that a double backward through it
+    raises a clear error instead of treating the fused gradient as a constant."""
+    if grad is None or not torch.is_grad_enabled():
+        return grad
+    anchors = [a for a in anchors if isinstance(a, Tensor) and a.requires_grad]
+    return _FirstOrderOnly.apply(grad, *anchors) if anchors else grad
+
+
 # --------------------------------------------------------------------------------------------
 # ntxent_forward / ntxent_backward: fused NT-Xent of one process's rows z = [view 1; view 2]
 # (docs/architecture.md, 2.1). The backward is its own op; it recomputes u = z / ||z|| (O(N D))
@@ -84,27 +112,29 @@ def _(z, temperature):
 
 @torch.library.custom_op("simclr_ext::ntxent_backward", mutates_args=())
 def ntxent_backward(z: Tensor, row_lse: Tensor, grad_row_loss: Tensor,
-                    temperature: float, tf32: bool = False) -> Tensor:
+                    temperature: float, tf32: bool = False,
+                    row_loss: Optional[Tensor] = None) -> Tensor:
     """grad_z [2N, D] (z's dtype) of sum_k grad_row_loss_k * row_loss_k, given the forward's
     row_lse. Exact: one pass per similarity tile gives P_km and P_mk (s is symmetric).
-    tf32: the forward's precision decision (_C.ntxent_tf32_enabled() when it ran)."""
+    tf32: the forward's precision decision (_C.ntxent_tf32_enabled() when it ran).
+    row_loss: the forward's, for the positive's term without cancellation (optional)."""
     u, norm = _C.ntxent_normalize(z)
     lse = row_lse.to(norm.dtype).contiguous()
     w = grad_row_loss.to(norm.dtype).contiguous()
     # One process: the rows are their own columns (and their lse and weights the columns').
     return _C.ntxent_backward(u, u, norm, lse, lse, w, w, 0, temperature, symmetric=True,
-                              tf32=tf32)
+                              tf32=tf32, row_loss=row_loss)
 
 
 @ntxent_backward.register_fake
-def _(z, row_lse, grad_row_loss, temperature, tf32=False):
+def _(z, row_lse, grad_row_loss, temperature, tf32=False, row_loss=None):
     return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
 def _ntxent_setup_context(ctx, inputs, output):
     z, temperature = inputs
-    _, row_lse = output
-    ctx.save_for_backward(z, row_lse)
+    row_loss, row_lse = output
+    ctx.save_for_backward(z, row_lse, row_loss)
     ctx.temperature = temperature
     # The forward (on this thread, just now) ran with this TF32 decision; the backward, which
     # may run on another thread after the setting changed, must take the same path.
@@ -113,10 +143,13 @@ def _ntxent_setup_context(ctx, inputs, output):
 
 
 def _ntxent_backward_autograd(ctx, grad_row_loss, grad_row_lse):
-    z, row_lse = ctx.saved_tensors
+    z, row_lse, row_loss = ctx.saved_tensors
     if grad_row_loss is None:
         return None, None
-    return ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32), None
+    with torch.no_grad():  # first order only: see _first_order_only
+        grad = ntxent_backward(z, row_lse, grad_row_loss, ctx.temperature, ctx.tf32,
+                               row_loss.detach())
+    return _first_order_only(grad, z, grad_row_loss), None
 
 
 ntxent_forward.register_autograd(_ntxent_backward_autograd, setup_context=_ntxent_setup_context)
@@ -164,5 +197,42 @@ def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars
     torch._check(
         len(grads) == n and len(momentum_buffers) == n,
         lambda: "lars_step: params, grads and momentum_buffers must have the same length",
+    )
+    return None
+
+
+@torch.library.custom_op(
+    "simclr_ext::lars_step_tensor_lr", mutates_args=("params", "momentum_buffers")
+)
+def lars_step_tensor_lr(
+    params: List[Tensor],
+    grads: List[Tensor],
+    momentum_buffers: List[Tensor],
+    lrs: List[Tensor],
+    weight_decays: List[float],
+    momentums: List[float],
+    etas: List[float],
+    lars_adaptation: List[bool],
+    nesterov: List[bool],
+) -> None:
+    """lars_step with one 0-d lr tensor per tensor (torch.optim's tensor lr): under
+    torch.compile the lrs are graph inputs, so a scheduler that fills them in place causes no
+    recompile. Each distinct lr tensor is read once, on the host (a sync for a CUDA one)."""
+    read = {}
+    for t in lrs:
+        if id(t) not in read:
+            read[id(t)] = float(t)
+    _C.lars_step(params, grads, momentum_buffers, [read[id(t)] for t in lrs], weight_decays,
+                 momentums, etas, lars_adaptation, nesterov)
+
+
+@lars_step_tensor_lr.register_fake
+def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars_adaptation,
+      nesterov):
+    n = len(params)
+    torch._check(
+        len(grads) == n and len(momentum_buffers) == n and len(lrs) == n,
+        lambda: "lars_step_tensor_lr: params, grads, momentum_buffers and lrs must have the "
+                "same length",
     )
     return None

@@ -45,12 +45,11 @@ class ColorParams(NamedTuple):
 def _check_images(images) -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be a 4-d batch [B, 3, H, W], got shape "
-                         f"{tuple(images.shape)}")
-    if images.shape[1] != 3:
-        raise ValueError(f"images must have 3 (RGB) channels in dim 1, got shape "
-                         f"{tuple(images.shape)}")
+    if images.dim() not in (3, 4):
+        raise ValueError(f"images must be a batch [B, 3, H, W] or one image [3, H, W], got "
+                         f"shape {tuple(images.shape)}")
+    if images.shape[-3] != 3:
+        raise ValueError(f"images must have 3 (RGB) channels, got shape {tuple(images.shape)}")
     if not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
         raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
 
@@ -142,9 +141,16 @@ def _check_norm(mean, std):
     return mean, std
 
 
+MAX_STRENGTH = 2.5  # hue range 0.2 s must stay <= 0.5, the largest torchvision's ColorJitter takes
+
+
 def _check_sampling(strength, p, p_gray) -> None:
     if not float(strength) >= 0.0:
         raise ValueError(f"strength must be >= 0, got {strength}")
+    if float(strength) > MAX_STRENGTH:
+        raise ValueError(f"strength must be <= {MAX_STRENGTH}: its hue range 0.2 x strength = "
+                         f"{0.2 * float(strength):g} would exceed 0.5, which torchvision's "
+                         f"ColorJitter rejects too; got {strength}")
     for name, value in (("p", p), ("p_gray", p_gray)):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -172,7 +178,7 @@ def color_distort(
 ) -> Tensor:
     """Per-image color distortion with explicit parameters (see the module docstring).
 
-    images: [B, 3, H, W] uint8, or float32 / bfloat16 / float16 (float64 accepted) in [0, 1],
+    images: [B, 3, H, W] (or one image [3, H, W], returned as such) uint8, or float32 / bfloat16 / float16 (float64 accepted) in [0, 1],
     contiguous or channels_last, on CPU or CUDA. Returns [B, 3, H, W] in out_dtype (default
     float32), channels_last when images is. mean / std (3 floats each, or None): the result is
     (x - mean[c]) / std[c]. Math is float32 whatever the dtypes.
@@ -183,6 +189,9 @@ def color_distort(
     there an op code outside 0..3 is a no-op step.
     """
     _check_images(images)
+    if images.dim() == 3:  # one image, as torchvision takes it: a batch of one, returned unbatched
+        return color_distort(images.unsqueeze(0), factors, order, apply_jitter, apply_gray,
+                             out_dtype=out_dtype, mean=mean, std=std).squeeze(0)
     _check_params(images, factors, order, apply_jitter, apply_gray)
     out_dtype = _check_out_dtype(out_dtype)
     mean, std = _check_norm(mean, std)
@@ -196,7 +205,7 @@ def color_distort(
 
 def _sample(batch_size, device, strength, p, p_gray, generator) -> ColorParams:
     lo, hi = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
-    hue_max = min(0.2 * strength, 0.5)
+    hue_max = 0.2 * strength  # <= 0.5: _check_sampling bounds strength
     f32 = torch.float32  # explicit: the factors stay float32 under another default dtype
     u = torch.rand(batch_size, 4, generator=generator, device=device, dtype=f32)
     # Python-scalar arithmetic only: a torch.tensor([...], device="cuda") would be a blocking copy.
@@ -217,7 +226,7 @@ def sample_color_params(
     """Draw SimCLR's per-image parameters on `device` with torch ops (no host synchronization).
 
     brightness, contrast, saturation ~ U[max(0, 1 - 0.8 s), 1 + 0.8 s], hue ~ U[-h, h] with
-    h = min(0.2 s, 0.5) (torchvision's hue range ends at 0.5); order = argsort of uniforms (a
+    h = 0.2 s (strength <= 2.5, so h <= 0.5 as torchvision requires); order = argsort of uniforms (a
     uniform random permutation per image); apply_jitter ~ Bernoulli(p), apply_gray ~
     Bernoulli(p_gray). Draw order: factors [B, 4], then order [B, 4], then the two coins [B, 2],
     all from `generator` when given. The results are always valid `color_distort` parameters.
@@ -264,6 +273,8 @@ class ColorDistortion(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         _check_images(images)
+        if images.dim() == 3:  # one image [3, H, W]: returned as [3, H, W]
+            return self.forward(images.unsqueeze(0)).squeeze(0)
         params = self.sample_params(images.shape[0], images.device)
         # Straight to the op: the sampled parameters are valid by construction, and skipping
         # color_distort's value check keeps this path free of host synchronizations.

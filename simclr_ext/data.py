@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
-DATASETS = ("shapes", "imagefolder", "cifar10", "cifar100", "stl10")
+DATASETS = ("shapes", "objects", "imagefolder", "cifar10", "cifar100", "stl10")
+# the embedded procedural sets, generated in memory from a seed (no files, no download)
+EMBEDDED = ("shapes", "objects")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -240,12 +242,16 @@ def load_sources(name: str, root: Optional[str] = None, image_size: int = 32, se
     """-> (pretrain, train, test) image sources. pretrain is what SimCLR sees (labels unused);
     train / test are the linear-evaluation splits. skip_bad_images, bad_log: imagefolder's
     unreadable files (FolderSource)."""
-    if name == "shapes":
+    if name in EMBEDDED:
         if train_size < 1 or test_size < 1:
-            raise DataError(f"shapes needs train_size and test_size >= 1, got {train_size}, {test_size}")
+            raise DataError(f"{name} needs train_size and test_size >= 1, got {train_size}, {test_size}")
+        if name == "shapes":
+            make = make_shapes
+        else:
+            from .objects import make_objects as make
         # distinct seeds per split: held-out images are new draws, never copies of train ones
-        tr = TensorSource(*make_shapes(train_size, image_size, seed * 2 + 1, num_classes), num_classes)
-        te = TensorSource(*make_shapes(test_size, image_size, seed * 2 + 2, num_classes), num_classes)
+        tr = TensorSource(*make(train_size, image_size, seed * 2 + 1, num_classes), num_classes)
+        te = TensorSource(*make(test_size, image_size, seed * 2 + 2, num_classes), num_classes)
         return tr, tr, te
     if name == "imagefolder":
         if root is None:

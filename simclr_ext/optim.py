@@ -66,7 +66,9 @@ class LARS(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups; a group may set its own lr, momentum,
             weight_decay, eta, nesterov and lars_adaptation (see `simclr_param_groups`).
-        lr: learning rate (>= 0); SimCLR uses 0.3 x batch_size / 256.
+        lr: learning rate (>= 0); SimCLR uses 0.3 x batch_size / 256. A float, or a 0-d
+            tensor as in torch.optim (schedulers update it in place, so `torch.compile` of a
+            step compiles once; keep it on the CPU, a CUDA lr is read with a host sync).
         momentum: in [0, 1).
         weight_decay: >= 0, added to the gradient (g' = g + wd * w) before the trust ratio.
         eta: trust coefficient (> 0).
@@ -85,7 +87,7 @@ class LARS(torch.optim.Optimizer):
     def __init__(
         self,
         params,
-        lr: float,
+        lr: Union[float, Tensor],
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         eta: float = 0.001,
@@ -106,7 +108,12 @@ class LARS(torch.optim.Optimizer):
         lr, momentum = group["lr"], group["momentum"]
         wd, eta = group["weight_decay"], group["eta"]
         if isinstance(lr, Tensor):
-            raise TypeError(f"LARS: lr{where} must be a Python float, got a tensor")
+            # torch.optim's tensor lr: a scheduler fills it in place, so a compiled step sees
+            # the same graph input every step (a float would be a constant: a recompile).
+            if lr.numel() != 1 or lr.dim() > 1 or not lr.is_floating_point():
+                raise TypeError(f"LARS: lr{where} must be a float or a floating 0-d tensor, got "
+                                f"a {lr.dtype} tensor of shape {tuple(lr.shape)}")
+            lr = float(lr.detach())
         if not lr >= 0.0:
             raise ValueError(f"LARS: lr{where} must be >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -158,7 +165,8 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # (device, dtype) -> the argument lists of one fused call
-        buckets = defaultdict(lambda: tuple([] for _ in range(9)))
+        buckets = defaultdict(lambda: tuple([] for _ in range(10)))
+        compiling = torch.compiler.is_compiling()
         for group in self.param_groups:
             for p in group["params"]:
                 g = p.grad
@@ -189,7 +197,11 @@ class LARS(torch.optim.Optimizer):
                 lists[0].append(p)
                 lists[1].append(g)
                 lists[2].append(buf)
-                lists[3].append(float(group["lr"]))
+                lr = group["lr"]
+                # Compiled, a tensor lr goes into the graph as a tensor (lists[9]); eager, its
+                # value is read here (keep it on the CPU: a CUDA lr would cost a host sync).
+                lists[3].append(0.0 if compiling and isinstance(lr, Tensor) else float(lr))
+                lists[9].append(lr)
                 lists[4].append(float(group["weight_decay"]))
                 lists[5].append(float(group["momentum"]))
                 lists[6].append(float(group["eta"]))
@@ -198,7 +210,13 @@ class LARS(torch.optim.Optimizer):
         # Eager: straight to the kernel (the C++ entry validates and bumps version counters);
         # the custom op's dispatch costs more than a GPU step of ResNet-50. Under torch.compile:
         # the custom op, which the compiler keeps in its graph.
-        call = _ops.lars_step if torch.compiler.is_compiling() else _ops._C.lars_step
         for lists in buckets.values():
-            call(*lists)
+            if not compiling:
+                _ops._C.lars_step(*lists[:9])
+            elif any(isinstance(lr, Tensor) for lr in lists[9]):
+                lr_tensors = [lr if isinstance(lr, Tensor) else torch.tensor(float(lr))
+                              for lr in lists[9]]
+                _ops.lars_step_tensor_lr(lists[0], lists[1], lists[2], lr_tensors, *lists[4:9])
+            else:
+                _ops.lars_step(*lists[:9])
         return loss

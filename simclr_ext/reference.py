@@ -130,6 +130,14 @@ def nt_xent_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float =
 class NTXentLoss(nn.Module):
     """Reference twin of simclr_ext.NTXentLoss (same constructor and forward).
 
+    temperature: a float or a 0-d tensor (autograd differentiates the logits / temperature).
+
+    memory_bank_size = K > 0 (int, or (K, D)): lightly's memory bank, materialized. The bank
+    [K, D] starts as row-normalized Gaussian noise; the loss of row k of out0 is the
+    cross-entropy of the logits [s(out0_k, out1_k), s(out0_k, bank_1..K)] / tau against index 0,
+    with the bank as it was before the call; then, if out0 requires grad, the normalized out1 is
+    written at bank_ptr, the part of the batch past the end dropped and bank_ptr reset to 0.
+
     gather_distributed=True with an initialized process group of world size > 1: the embeddings
     of every rank are gathered with torch.distributed.nn.functional.all_gather (autograd-aware:
     its backward sums each rank's gradient into the owner), each rank computes its own rows
@@ -138,19 +146,51 @@ class NTXentLoss(nn.Module):
     yields the exact gradient of that global loss. Equal batch sizes on every rank are required.
     """
 
-    def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False,
-                 reduction: str = "mean", process_group=None):
+    def __init__(self, temperature=0.5, memory_bank_size=0, gather_distributed: bool = False,
+                 *, reduction: str = "mean", process_group=None):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        value = float(temperature.detach()) if isinstance(temperature, Tensor) else temperature
+        if value <= 0:
+            raise ValueError(f"temperature must be > 0, got {value}")
+        self.temperature = temperature if isinstance(temperature, Tensor) else float(temperature)
         self.gather_distributed = gather_distributed
         self.reduction = reduction
         self.process_group = process_group
+        size = (memory_bank_size,) if isinstance(memory_bank_size, int) else tuple(memory_bank_size)
+        if size[0] < 0:
+            raise ValueError(f"memory_bank_size must be >= 0, got {memory_bank_size}")
+        self.bank_size = size[0]
+        if self.bank_size > 0:
+            self.register_buffer("bank", torch.empty(size, dtype=torch.float32))
+            self.register_buffer("bank_ptr", torch.zeros(1, dtype=torch.long))
+            if len(size) == 2:
+                self.bank = F.normalize(torch.randn(size), dim=1)
+
+    def _with_bank(self, z_i: Tensor, z_j: Optional[Tensor]) -> Tensor:
+        if z_j is None:
+            z_i, z_j = z_i.chunk(2, dim=0)
+        u0, u1 = F.normalize(z_i, dim=1), F.normalize(z_j, dim=1)
+        if self.bank.dim() == 1:
+            self.bank = F.normalize(torch.randn(self.bank_size, u0.shape[1]), dim=1).to(self.bank)
+        negatives = self.bank.detach().clone().to(u0)
+        logits = torch.cat([(u0 * u1).sum(1, keepdim=True), u0 @ negatives.t()], dim=1)
+        logits = logits / self.temperature
+        labels = torch.zeros(u0.shape[0], dtype=torch.long, device=u0.device)
+        row_loss = F.cross_entropy(logits, labels, reduction="none")
+        if z_i.requires_grad:
+            with torch.no_grad():
+                new = u1.detach()
+                ptr, K = int(self.bank_ptr), self.bank_size
+                take = min(new.shape[0], K - ptr)
+                self.bank[ptr:ptr + take] = new[:take].to(self.bank)
+                self.bank_ptr[0] = 0 if ptr + new.shape[0] >= K else ptr + new.shape[0]
+        return _reduce(row_loss, self.reduction)
 
     def forward(self, z_i: Tensor, z_j: Optional[Tensor] = None) -> Tensor:
         import torch.distributed as dist
 
+        if self.bank_size > 0:
+            return self._with_bank(z_i, z_j)
         if not (self.gather_distributed and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size(self.process_group) > 1):
             return nt_xent_loss(z_i, z_j, self.temperature, self.reduction)

@@ -125,7 +125,7 @@ def test_identity_parameters_leave_image_unchanged(device, dtype, gen):
     torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("strength", [0.5, 1.0, 3.0])
+@pytest.mark.parametrize("strength", [0.5, 1.0, 2.5])
 def test_sampler_ranges_differences_and_rates(device, strength):
     gen = torch.Generator(device=device).manual_seed(0)
     m = simclr_ext.ColorDistortion(strength=strength, p=0.8, p_gray=0.2, generator=gen)
@@ -135,7 +135,7 @@ def test_sampler_ranges_differences_and_rates(device, strength):
     assert order.shape == (n, 4) and order.dtype == torch.int64
     assert jitter.shape == gray.shape == (n,) and jitter.dtype == gray.dtype == torch.bool
     assert factors.device.type == order.device.type == jitter.device.type == torch.device(device).type
-    lo, hi, h = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength, min(0.2 * strength, 0.5)
+    lo, hi, h = max(0.0, 1 - 0.8 * strength), 1 + 0.8 * strength, 0.2 * strength
     bcs = factors[:, :3]
     assert bcs.min() >= lo and bcs.max() <= hi
     assert factors[:, 3].min() >= -h and factors[:, 3].max() <= h
@@ -291,8 +291,10 @@ def test_bad_inputs_raise_clear_errors(device):
     cd = simclr_ext.color_distort
     with pytest.raises(ValueError, match="3 .RGB. channels"):
         cd(torch.zeros(2, 4, 8, 8, device=device), *params)
-    with pytest.raises(ValueError, match="4-d batch"):
-        cd(torch.zeros(3, 8, 8, device=device), *params)
+    with pytest.raises(ValueError, match=r"a batch \[B, 3, H, W\] or one image"):
+        cd(torch.zeros(8, 8, device=device), *params)
+    with pytest.raises(ValueError, match=r"factors must have shape \(1, 4\)"):
+        cd(torch.zeros(3, 8, 8, device=device), *params)  # one image, parameters for two
     with pytest.raises(TypeError, match="uint8 or floating"):
         cd(x.to(torch.int32), *params)
     with pytest.raises(ValueError, match="factors must have shape"):
@@ -370,3 +372,28 @@ def test_unchecked_op_codes_are_no_op_steps_on_every_device(device, gen):
     kept = torch.tensor([[3, 1]] * 6)
     expected = ref.color_distort(images.cpu(), factors.cpu(), kept, jitter.cpu(), gray.cpu())
     torch.testing.assert_close(out.cpu(), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("strength", [2.6, 5.0])
+def test_strength_whose_hue_range_exceeds_half_is_rejected(strength):
+    """torchvision's ColorJitter rejects hue > 0.5; strength s gives hue 0.2 s."""
+    with pytest.raises(ValueError, match=r"strength must be <= 2.5"):
+        simclr_ext.ColorDistortion(strength=strength)
+    with pytest.raises(ValueError, match=r"strength must be <= 2.5"):
+        simclr_ext.sample_color_params(4, "cpu", strength=strength)
+
+
+def test_single_image_is_accepted_and_returned_unbatched(device):
+    img = torch.randint(0, 256, (3, 9, 7), dtype=torch.uint8, device=device)
+    gen = torch.Generator(device=device).manual_seed(3)
+    m = simclr_ext.ColorDistortion(strength=1.0, p=1.0, p_gray=0.5, generator=gen)
+    params = simclr_ext.ColorDistortion(strength=1.0, p=1.0, p_gray=0.5,
+                                        generator=torch.Generator(device=device).manual_seed(3)
+                                        ).sample_params(1, device)
+    out = m(img)
+    assert out.shape == (3, 9, 7)
+    torch.testing.assert_close(out, simclr_ext.color_distort(img[None], *params)[0])
+    torch.testing.assert_close(simclr_ext.color_distort(img, *params),
+                               simclr_ext.color_distort(img[None], *params)[0])
+    with pytest.raises(ValueError, match="one image"):
+        m(img[0])

@@ -542,3 +542,67 @@ def test_cuda_step_makes_no_host_sync():
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor lr (torch.optim's convention): a scheduled, compiled step compiles once
+# ---------------------------------------------------------------------------------------------
+def _compiled_scheduled_steps(device, lr, steps=20):
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    ps = random_params(device, shapes=((5, 3), (7,)))
+    opt = LARS(ps, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    opt.step()  # eager warm-up: creates the momentum buffers (a new state is a new graph)
+    counter = CompileCounter()
+    step = torch.compile(opt.step, backend=counter)
+    lrs = []
+    for _ in range(steps):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        step()
+        sched.step()
+    return counter.frame_count, lrs, ps, opt
+
+
+@pytest.mark.slow
+def test_tensor_lr_compiled_step_with_scheduler_compiles_once(device):
+    with torch._dynamo.config.patch(recompile_limit=64, cache_size_limit=64):
+        frames_tensor, lrs, ps, _ = _compiled_scheduled_steps(device, torch.tensor(0.1))
+        frames_float, lrs_float, _, _ = _compiled_scheduled_steps(device, 0.1)
+    assert len(set(lrs)) == 20  # the schedule really changed the lr every step
+    torch.testing.assert_close(lrs, lrs_float, rtol=1e-6, atol=0)
+    assert frames_tensor == 1, f"tensor lr: {frames_tensor} compiles over 20 scheduled steps"
+    # the contrast that makes the check meaningful: a float lr is a constant of the graph
+    assert frames_float > 1
+
+
+def test_tensor_lr_steps_match_float_lr(device):
+    ps = random_params(device)
+    qs = clone_params(ps)
+    a = LARS(ps, lr=torch.tensor(0.2, dtype=torch.float64), weight_decay=1e-4)  # exactly 0.2
+    b = LARS(qs, lr=0.2, weight_decay=1e-4)
+    sa = torch.optim.lr_scheduler.StepLR(a, step_size=2, gamma=0.5)
+    sb = torch.optim.lr_scheduler.StepLR(b, step_size=2, gamma=0.5)
+    lr_tensor = a.param_groups[0]["lr"]
+    for i in range(5):
+        for p, q in zip(ps, qs):
+            q.grad = torch.randn_like(p)
+            p.grad = q.grad.clone()
+        a.step()
+        b.step()
+        sa.step()
+        sb.step()
+    assert a.param_groups[0]["lr"] is lr_tensor  # updated in place by the scheduler
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_bad_tensor_lr_raises():
+    p = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match="lr"):
+        LARS(p, lr=torch.tensor(-0.1))
+    with pytest.raises(TypeError, match="lr"):
+        LARS(p, lr=torch.tensor([0.1, 0.2]))

@@ -291,20 +291,37 @@ def model_forward(u_rows, u_cols, row_offset, tau, chunk, slots):
                     if hit.any() and r < R:
                         assert np.isnan(pos_logit[r]), "two writers of one positive"
                         pos_logit[r] = v[hit][0]
-                    v = np.where((cols >= c_end) | (cols == row_offset + r), -np.inf, v)
+                    # self and positive masked: the sum runs over the negatives
+                    v = np.where((cols >= c_end) | (cols == row_offset + r) | (cols == pos),
+                                 -np.inf, v)
                     tmax = v.max()
                     ref = 0.0 if tmax == -np.inf else tmax
                     state[rl] = lse_merge(*state[rl], tmax, np.exp(v - ref).sum())
             for rl in range(ROWS):
                 if row0 + rl < R:
                     part[by, row0 + rl] = state[rl]
-    lse = np.zeros(R)
-    for r in range(R):  # lse_finish_kernel
+    lse, loss = np.zeros(R), np.zeros(R)
+    for r in range(R):  # lse_finish_kernel: loss_from_negatives
         m, s = -np.inf, 0.0
         for sp in range(splits):
             m, s = lse_merge(m, s, *part[sp, r])
-        lse[r] = m + np.log(s)
-    return lse - pos_logit, lse, splits
+        with np.errstate(divide="ignore"):
+            x = m + np.log(s) - pos_logit[r]  # -inf without negatives (N = 1)
+        loss[r] = x + np.log1p(np.exp(-x)) if x > 0 else np.log1p(np.exp(x))
+        lse[r] = pos_logit[r] + loss[r]
+    return loss, lse, splits
+
+
+def positive_term(u_rows, u_cols, row_lse, w_row, w_col, row_offset, tau):
+    """The host side of backward_impl without a row_loss: loss = lse - s_pos, q = 1 - P_pos,
+    the per-row coefficient (w_i q_i + w_pos q_pos) / tau of u_pos that the normalization kernel
+    subtracts (the positive is masked in the tiles)."""
+    R = u_rows.shape[0]
+    pos_local = (np.arange(R) + R // 2) % R
+    pos = pos_local + row_offset
+    loss = row_lse - (u_rows * u_cols[pos]).sum(1) / tau
+    q = -np.expm1(-loss)
+    return ((w_row * q + w_col[pos] * q[pos_local]) / tau)[:, None] * u_cols[pos]
 
 
 def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_offset, tau,
@@ -342,13 +359,12 @@ def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_off
                         r = row0 + rl
                         for cl in range(COLS):
                             c = col0 + cl
-                            if c < c_end and r < R and c != row_offset + r:
+                            if (c < c_end and r < R and c != row_offset + r
+                                    and c != positive_col(r, R, row_offset)):
                                 s = acc[rl, cl] / tau
                                 co = w_row[r] * np.exp(s - row_lse[r]) + w_col[c] * np.exp(
                                     s - col_lse[c]
                                 )
-                                if c == positive_col(r, R, row_offset):
-                                    co -= w_row[r] + w_col[c]
                                 coef[rl, cl] = co * (COEF_SCALE / unit)
                     for v in range(nv):
                         assert divmod(step, per_tile) == (j, nk + v)
@@ -363,7 +379,7 @@ def model_backward(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_col, row_off
                             slices[bz, row0:r1, d] = (grad[v, : r1 - row0, dd]
                                                       * (unit / COEF_SCALE / tau))
     assert not np.isnan(slices).any(), "a gradient slice element was never written"
-    grad_u = slices.sum(0)
+    grad_u = slices.sum(0) - positive_term(u_rows, u_cols, row_lse, w_row, w_col, row_offset, tau)
     dot = (u_rows * grad_u).sum(1, keepdims=True)
     return (grad_u - u_rows * dot) / norm[:, None], splits
 
@@ -435,13 +451,11 @@ def wave_rows(R, C, D, coef_bytes, acc_bytes, tile):
 
 
 def coefficient(s, r, c, row_lse, col_lse, w_row, w_col, row_offset, R):
-    """pair_coeff with the self mask and the positive fold, as both coefficient kernels do."""
-    if c == row_offset + r:
+    """pair_coeff with the self and positive masks, as both coefficient kernels do (the
+    positive's term is the normalization kernel's)."""
+    if c == row_offset + r or c == positive_col(r, R, row_offset):
         return 0.0
-    co = w_row[r] * np.exp(s - row_lse[r]) + w_col[c] * np.exp(s - col_lse[c])
-    if c == positive_col(r, R, row_offset):
-        co -= w_row[r] + w_col[c]
-    return co
+    return w_row[r] * np.exp(s - row_lse[r]) + w_col[c] * np.exp(s - col_lse[c])
 
 
 def tc_coef_stores(row0, col0, row_end, C):
@@ -516,6 +530,7 @@ def model_backward_two_stage(u_rows, u_cols, norm, row_lse, col_lse, w_row, w_co
         grad_u[r0 : r0 + rows] = coef[:rows] @ u_cols  # at::mm_out into the wave's rows
     assert not np.isnan(grad_u).any(), "a gradient row was never written"
     grad_u *= (unit / COEF_SCALE if scaled else 1.0) / tau  # normalize_backward_kernel's scale
+    grad_u -= positive_term(u_rows, u_cols, row_lse, w_row, w_col, row_offset, tau)
     dot = (u_rows * grad_u).sum(1, keepdims=True)
     return (grad_u - u_rows * dot) / norm[:, None]
 

@@ -11,6 +11,7 @@ reproduces the crash there too.
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -30,10 +31,14 @@ needs_avx2 = pytest.mark.skipif(
 
 
 def _run(code, *args, timeout=TIMEOUT):
-    """Run `code` in a fresh interpreter with oneDNN capped at AVX2 -> (returncode, output)."""
+    """Run `code` in a fresh interpreter with oneDNN capped at AVX2 -> (returncode, output).
+
+    It runs outside the repository: `python -c` puts the working directory first on sys.path,
+    and the bare source tree (no compiled _C) must not shadow the package under test."""
     try:
         p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                           env=AVX2_ENV, capture_output=True, text=True, timeout=timeout)
+                           env=AVX2_ENV, capture_output=True, text=True, timeout=timeout,
+                           cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired:
         return "timeout", ""
     return p.returncode, p.stdout + p.stderr

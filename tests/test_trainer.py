@@ -263,6 +263,8 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
     (["--augment", "kornia"], "invalid choice: 'kornia'"),
+    (["--crop-scale", "0"], "--crop-scale must be in (0, 1]"),
+    (["--monitor-every", "-1"], "--monitor-every must be >= 0"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys, scripts):
     train = scripts.train
@@ -331,6 +333,63 @@ def test_a_plot_that_fails_does_not_fail_the_run(tmp_path, scripts, monkeypatch,
     assert ckpt_lib.load(str(run))["epoch"] == 1
 
 
+def test_objects_crop_scale_monitor_and_supervised_baseline(tmp_path, scripts, capsys):
+    run = tmp_path / "run"
+    assert scripts.train.main(TINY + ["--dataset", "objects", "--epochs", "2", "--crop-scale", "0.5",
+                                      "--supervised-baseline", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| supervised |" in out and "of the supervised ceiling" in out
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["dataset"] == "objects" and cfg["crop_scale"] == 0.5
+    res = json.loads((run / "results.json").read_text())["results"]
+    assert set(res) == {"SimCLR", "random init", "supervised"}
+    assert 0 <= res["supervised"]["top1"] <= res["supervised"]["top5"] <= 100
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    mon = [r for r in recs if r["kind"] == "monitor"]
+    assert [r["epoch"] for r in mon] == [1, 2]
+    for r in mon:
+        assert 0 <= r["knn_top1"] <= 100 and -1 <= r["pos_cos"] <= 1 and 0 <= r["align"] <= 4
+        assert r["uniform"] <= 0 and 1 <= r["erank"] <= 128
+    assert ckpt_lib.load(str(run))["config"]["crop_scale"] == 0.5
+
+
+def test_defaults_adapt_to_the_data(tmp_path, scripts):
+    from PIL import Image
+
+    from simclr_ext.defaults import augmentation_defaults
+
+    train = scripts.train
+    parse = lambda *f: train.build_parser().parse_args(list(f))  # noqa: E731
+    # embedded data: its native 24 px, hence the small-image augmentation
+    a = parse()
+    train.resolve_defaults(a)
+    assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (24, 0.35, 0.5, 0.0)
+    # an ImageFolder of 96 x 80 images: its short side, and the paper's ImageNet augmentation
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (96, 80)).save(tmp_path / c / "0.png")
+    a = parse("--dataset", "imagefolder", "--data-dir", str(tmp_path))
+    train.resolve_defaults(a)
+    assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (80, 0.08, 1.0, 0.5)
+    # an explicit flag wins over the adaptive default; the rest still adapt to --image-size
+    a = parse("--image-size", "128", "--blur-p", "0.2", "--crop-scale", "0.5")
+    train.resolve_defaults(a)
+    assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (128, 0.5, 1.0, 0.2)
+    assert augmentation_defaults(64) != augmentation_defaults(65)
+
+
+def test_resume_of_a_checkpoint_from_before_crop_scale(tmp_path, scripts):
+    train = scripts.train
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "2", "--no-eval", "--monitor-every", "0",
+                              "--run-dir", str(run), "--stop-at-step", "3"]) == 128 + 15
+    ck = torch.load(run / ckpt_lib.LAST, weights_only=False)
+    del ck["config"]["crop_scale"]  # as written before the flag existed
+    torch.save(ck, run / ckpt_lib.LAST)
+    assert train.main(["--resume", str(run), "--no-progress"]) == 0
+    assert ckpt_lib.load(str(run))["config"]["crop_scale"] == 0.08  # what those runs used
+
+
 def test_main_command_end_to_end(tmp_path):
     run = tmp_path / "run"
     out = subprocess.run(
@@ -369,7 +428,9 @@ def test_scripts_find_the_installed_package_first_then_a_built_source_tree(tmp_p
         (tree / "python" / "_bootstrap.py").write_text((ROOT / "python" / "_bootstrap.py").read_text())
         (tree / "python" / "probe.py").write_text(probe)
         e = dict(env, PYTHONPATH=str(extra_path)) if extra_path else env
-        return subprocess.run([sys.executable, str(tree / "python" / "probe.py")], env=e,
+        # -S: no site-packages, so a simclr_ext installed in this environment (CI installs it)
+        # does not count as "installed" here; the probe's trees stand in for both cases
+        return subprocess.run([sys.executable, "-S", str(tree / "python" / "probe.py")], env=e,
                               capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
 
     # a source tree without a compiled extension, nothing installed: a clear stop

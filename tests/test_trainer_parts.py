@@ -194,3 +194,31 @@ def test_trainer_augments_fused_and_torchvision_make_the_same_views():
     assert out["fused"].shape == (12, 3, 16, 16)
     assert out["fused"].is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out["fused"], out["torchvision"], atol=1e-4, rtol=0)
+
+
+def test_objects_is_deterministic_balanced_and_splits_differ():
+    from simclr_ext.objects import OBJECT_NAMES, make_objects
+
+    seed = int(torch.randint(0, 1000, ()).item())
+    a, la = make_objects(60, 20, seed=seed)
+    b, lb = make_objects(60, 20, seed=seed)
+    c, _ = make_objects(60, 20, seed=seed + 1)
+    assert a.dtype == torch.uint8 and a.shape == (60, 3, 20, 20) and la.dtype == torch.int64
+    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
+    assert la.bincount(minlength=len(OBJECT_NAMES)).tolist() == [6] * 10  # balanced classes
+    _, tr, te = load_sources("objects", image_size=16, train_size=40, test_size=20)
+    assert tr.num_classes == 10 and len(tr) == 40 and not torch.equal(tr.images[:20], te.images)
+    with pytest.raises(ValueError, match="num_classes"):
+        make_objects(4, 16, num_classes=11)
+
+
+def test_objects_class_is_not_in_global_color_or_layout_statistics():
+    # the nuisances (colors, position, background) are drawn independently of the class: the
+    # per-class mean images are far closer to each other than two single images are
+    from simclr_ext.objects import make_objects
+
+    x, y = make_objects(1000, 24, seed=int(torch.randint(0, 1000, ()).item()))
+    means = torch.stack([x[y == k].float().mean(0) for k in range(10)])
+    spread_means = (means - means.mean(0)).abs().mean()
+    spread_images = (x[:100].float() - x[100:200].float()).abs().mean()
+    assert spread_means < 0.25 * spread_images

@@ -36,7 +36,8 @@ std::tuple<at::Tensor, at::Tensor> normalize(const at::Tensor& z);
 // decision to its backward (which may run on another thread, under other settings).
 bool tf32_enabled();
 
-// (row_loss, row_lse), both [R] in the accumulation dtype: row_loss = lse - s_{i,pos(i)}.
+// (row_loss, row_lse), both [R] in the accumulation dtype: row_loss = lse - s_{i,pos(i)},
+// computed relative to the positive (ntxent_math.h: loss_from_negatives).
 // tf32: the decision above (default: tf32_enabled() now); only fp32 CUDA inputs use it.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                                            int64_t row_offset, double temperature, bool symmetric,
@@ -45,12 +46,28 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& u_rows, const at::T
 // grad_z [R, D] in u's dtype: the exact gradient of sum_k w_k loss_k (over all C rows) with
 // respect to this rank's z rows, the normalization backward included:
 //   grad_u_i = 1/tau [ sum_{m != i} (w_i P_im + w_m P_mi) u_m - (w_i + w_pos(i)) u_pos(i) ]
+// computed with the positive's term apart, -(w_i q_i + w_pos q_pos) u_pos, q_k = 1 - P_k,pos
+// from row_loss [R] (the forward's, ntxent_math.h: positive_deficit); without row_loss it is
+// recomputed as lse - s_pos (less precise for nearly identical views).
 // tf32: the forward's decision (default: tf32_enabled() now).
 at::Tensor backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                       const at::Tensor& norm_rows, const at::Tensor& row_lse,
                       const at::Tensor& col_lse, const at::Tensor& row_weight,
                       const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                      bool symmetric, std::optional<bool> tf32 = std::nullopt);
+                      bool symmetric, std::optional<bool> tf32 = std::nullopt,
+                      const std::optional<at::Tensor>& row_loss = std::nullopt);
+
+// Memory bank (docs/architecture.md, 2.1): rows [R, D] (any R >= 1) against bank columns [K, D],
+// none of which is a row's self or positive. Both run the general schedule with the rows placed
+// past the last column (row_offset = K), so no column index matches a self or positive column.
+//   bank_forward:  lse_bank [R], lse_bank_k = log sum_b exp(u_k . bank_b / tau)
+//   bank_backward: G [R, D] in the accumulation dtype, G_k = w_k sum_b exp(s_kb - row_lse_k) bank_b
+//                  (the 1/tau of ds/du and the positive's share are the caller's)
+at::Tensor bank_forward(const at::Tensor& u_rows, const at::Tensor& bank, double temperature,
+                        std::optional<bool> tf32 = std::nullopt);
+at::Tensor bank_backward(const at::Tensor& u_rows, const at::Tensor& bank,
+                         const at::Tensor& row_lse, const at::Tensor& row_weight,
+                         double temperature, std::optional<bool> tf32 = std::nullopt);
 
 // Backends: inputs already validated (same device, contiguous, shapes checked).
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
@@ -59,8 +76,12 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const a
 at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                         const at::Tensor& norm_rows, const at::Tensor& row_lse,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
-                        const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                        bool symmetric);
+                        const at::Tensor& col_weight, const at::Tensor& row_loss,
+                        int64_t row_offset, double temperature, bool symmetric);
+at::Tensor bank_forward_cpu(const at::Tensor& u_rows, const at::Tensor& bank, double temperature);
+at::Tensor bank_backward_cpu(const at::Tensor& u_rows, const at::Tensor& bank,
+                             const at::Tensor& row_lse, const at::Tensor& row_weight,
+                             double temperature);
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
                                                 const at::Tensor& u_cols, int64_t row_offset,
@@ -68,8 +89,8 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
 at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                         bool tf32);
+                         const at::Tensor& col_weight, const at::Tensor& row_loss,
+                         int64_t row_offset, double temperature, bool tf32);
 #endif
 
 }  // namespace ntxent

@@ -83,6 +83,20 @@ inline void mask_self(acc_t* s, TileRange ri, TileRange rj, int64_t row_offset, 
     s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = value;
 }
 
+// mask_self, plus each row's positive column (rows are [view 1; view 2], R of them): the sums
+// run over the negatives only, the positive is added back exactly (loss_from_negatives,
+// finalize_grad). In the symmetric schedule the cell (i, pos i) of an upper tile stands for
+// both rows of the pair, so masking it by its row masks both.
+template <typename acc_t>
+inline void mask_self_and_positive(acc_t* s, TileRange ri, TileRange rj, int64_t R,
+                                   int64_t row_offset, acc_t value) {
+  mask_self(s, ri, rj, row_offset, value);
+  for (int64_t i = 0; i < ri.size; ++i) {
+    const int64_t c = positive_col(ri.begin + i, R, row_offset);
+    if (c >= rj.begin && c < rj.begin + rj.size) s[i * rj.size + (c - rj.begin)] = value;
+  }
+}
+
 // Runs body(chunk, next) on `chunks` threads; next() yields that chunk's items of [0, n), then -1.
 // Static (items chunk, chunk + chunks, ...): which accumulator an item adds into is fixed, so
 // results are bitwise reproducible for a given thread count. Dynamic (a shared counter): a
@@ -239,7 +253,7 @@ at::Tensor positive_logits(const at::Tensor& rows, const at::Tensor& cols, int64
 // Forward
 // ----------------------------------------------------------------------------------------------
 
-// Symmetric schedule with the fixed shift c = 1/tau: sum_k = sum_{l != k} exp(s_kl - c).
+// Symmetric schedule with the fixed shift c = 1/tau: sum_k = sum_{l != k, pos(k)} exp(s_kl - c).
 template <typename acc_t>
 at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   const int64_t R = u.size(0);
@@ -260,7 +274,8 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
         logits_tile(S, u.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size),
                     1.0 / temperature);
         // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp gives 0.
-        mask_self(S.data_ptr<acc_t>(), ri, rj, 0, -std::numeric_limits<acc_t>::infinity());
+        mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, 0,
+                               -std::numeric_limits<acc_t>::infinity());
         // The transposed tile s_JI: its row sums are this tile's column sums. A diagonal tile
         // is its own transpose, counted once.
         exp_shift_sums<acc_t>(S, shift, acc + ri.begin, I != J ? acc + rj.begin : nullptr);
@@ -270,9 +285,10 @@ at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   return sums.sum(0);
 }
 
-// General schedule: rows [R] against columns [C]; row i is column row_offset + i (excluded).
-// Returns lse [R]. With the fixed shift one exp per logit; otherwise the online log-sum-exp
-// (a running max per row, the sum rescaled when it grows).
+// General schedule: rows [R] against columns [C]; row i is column row_offset + i (excluded, and
+// so is its positive). Returns the negatives' lse [R] (-inf without negatives). With the fixed
+// shift one exp per logit; otherwise the online log-sum-exp (a running max per row, the sum
+// rescaled when it grows).
 template <typename acc_t>
 at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row_offset,
                        double temperature) {
@@ -296,7 +312,7 @@ at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row
         logits_tile(S, us.narrow(0, ri.begin, ri.size), cols.narrow(0, rj.begin, rj.size),
                     inv_tau);
         acc_t* s = S.data_ptr<acc_t>();
-        mask_self(s, ri, rj, row_offset, kNegInf);
+        mask_self_and_positive(s, ri, rj, R, row_offset, kNegInf);
         if (fixed) {
           exp_shift_sums<acc_t>(S, shift, run_sum.data(), nullptr);
         } else {
@@ -350,14 +366,20 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& u_rows, const 
                                                 int64_t row_offset, double temperature,
                                                 bool symmetric) {
   const auto [rows, cols] = rows_cols_acc<acc_t>(u_rows, u_cols, symmetric);
-  at::Tensor lse;
+  at::Tensor lse_neg;
   // The symmetric sums share one shift for rows and columns: the fixed shift only.
   if (symmetric && fixed_shift_ok<acc_t>(temperature)) {
-    lse = row_sums_symmetric<acc_t>(rows, temperature).log_().add_(1.0 / temperature);
+    lse_neg = row_sums_symmetric<acc_t>(rows, temperature).log_().add_(1.0 / temperature);
   } else {
-    lse = lse_general<acc_t>(rows, cols, row_offset, temperature);
+    lse_neg = lse_general<acc_t>(rows, cols, row_offset, temperature);
   }
-  at::Tensor row_loss = lse - positive_logits<acc_t>(rows, cols, row_offset, temperature);
+  const at::Tensor s_pos = positive_logits<acc_t>(rows, cols, row_offset, temperature);
+  at::Tensor row_loss = at::empty_like(lse_neg), lse = at::empty_like(lse_neg);
+  const acc_t* ln = lse_neg.data_ptr<acc_t>();
+  const acc_t* sp = s_pos.data_ptr<acc_t>();
+  acc_t* lo = row_loss.data_ptr<acc_t>();
+  acc_t* ls = lse.data_ptr<acc_t>();
+  for (int64_t i = 0; i < lse_neg.size(0); ++i) loss_from_negatives(ln[i], sp[i], lo[i], ls[i]);
   return {row_loss, lse};
 }
 
@@ -398,14 +420,26 @@ void pair_coeff_tile_shifted(at::Tensor& S, const acc_t* a_i, const acc_t* a_j, 
   }
 }
 
-// grad_u_i = 1/tau [G_i - (w_i + w_pos(i)) u_pos(i)], then the normalization backward, written
-// as grad_z in the input dtype, in G's storage. G = sum_{m != i} M_im u_m.
+// grad_u_i = 1/tau [G_i - (w_i q_i + w_pos(i) q_pos(i)) u_pos(i)], then the normalization
+// backward, written as grad_z in the input dtype, in G's storage. G = sum over the negatives m
+// of M_im u_m (the positive masked); q_k = 1 - P_{k,pos(k)} = positive_deficit(loss_k), so the
+// positive's coefficient w_i (P_i,pos - 1) + w_pos (P_pos,i - 1) is formed without cancellation.
+// Without row_loss (an older caller) loss_k = lse_k - s_pos_k is recomputed here.
 template <typename acc_t>
 at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::Tensor& cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
+                         const at::Tensor& col_weight, const at::Tensor& row_lse,
+                         const at::Tensor& row_loss, int64_t row_offset, double temperature,
                          at::ScalarType out_dtype) {
   const int64_t R = rows.size(0), D = rows.size(1);
+  at::Tensor q;
+  if (row_loss.defined()) {
+    q = row_loss.to(rows.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous();
+  } else {
+    q = row_lse - positive_logits<acc_t>(rows, cols, row_offset, temperature);
+  }
+  acc_t* qp = q.data_ptr<acc_t>();
+  for (int64_t i = 0; i < R; ++i) qp[i] = positive_deficit(qp[i]);
   at::Tensor grad = G;  // written in place: each row reads its G_i before overwriting it
   const acc_t* g = G.data_ptr<acc_t>();
   const acc_t* u = rows.data_ptr<acc_t>();
@@ -418,7 +452,7 @@ at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::
   at::parallel_for(0, R, 64, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t pc = positive_col(i, R, row_offset);
-      const acc_t wpos = wr[i] + wc[pc];
+      const acc_t wpos = wr[i] * qp[i] + wc[pc] * qp[(i + R / 2) % R];
       const acc_t* gi = g + i * D;
       const acc_t* up = v + pc * D;
       const acc_t* ui = u + i * D;
@@ -479,7 +513,7 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::
                                  w.narrow(0, ri.begin, ri.size),
                                  lse.narrow(0, rj.begin, rj.size), w.narrow(0, rj.begin, rj.size));
         }
-        mask_self(S.data_ptr<acc_t>(), ri, rj, 0, acc_t(0));
+        mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, 0, acc_t(0));
         G.narrow(0, ri.begin, ri.size).addmm_(S, u_j);
         if (I != J) G.narrow(0, rj.begin, rj.size).addmm_(S.t(), u_i);
       }
@@ -517,7 +551,7 @@ at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::
                                row_weight.narrow(0, ri.begin, ri.size),
                                col_lse.narrow(0, rj.begin, rj.size),
                                col_weight.narrow(0, rj.begin, rj.size));
-        mask_self(S.data_ptr<acc_t>(), ri, rj, row_offset, acc_t(0));
+        mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, row_offset, acc_t(0));
         G_i.addmm_(S, u_j);
       }
     }
@@ -529,8 +563,8 @@ template <typename acc_t>
 at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                         bool symmetric) {
+                         const at::Tensor& col_weight, const at::Tensor& row_loss,
+                         int64_t row_offset, double temperature, bool symmetric) {
   const auto [rows, cols] = rows_cols_acc<acc_t>(u_rows, u_cols, symmetric);
   at::Tensor G;
   // Symmetric: one lse and one weight per row serve it as a row and as a column.
@@ -539,11 +573,41 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
   if (!G.defined())
     G = grad_general<acc_t>(rows, cols, row_lse, col_lse, row_weight, col_weight, row_offset,
                             temperature);
-  return finalize_grad<acc_t>(G, rows, cols, norm_rows, row_weight, col_weight, row_offset,
-                              temperature, u_rows.scalar_type());
+  return finalize_grad<acc_t>(G, rows, cols, norm_rows, row_weight, col_weight, row_lse, row_loss,
+                              row_offset, temperature, u_rows.scalar_type());
 }
 
 }  // namespace
+
+// Memory bank: the general schedule with row_offset = K (the rows sit past the last bank column,
+// so mask_self masks nothing), and in the backward a zero column weight with column LSE +inf
+// (exp(s - inf) = 0: the columns' own softmax terms vanish exactly).
+at::Tensor bank_forward_cpu(const at::Tensor& u_rows, const at::Tensor& bank, double temperature) {
+  const int64_t K = bank.size(0);
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble) {
+    const auto [rows, cols] = rows_cols_acc<double>(u_rows, bank, false);
+    return lse_general<double>(rows, cols, K, temperature);
+  }
+  const auto [rows, cols] = rows_cols_acc<float>(u_rows, bank, false);
+  return lse_general<float>(rows, cols, K, temperature);
+}
+
+at::Tensor bank_backward_cpu(const at::Tensor& u_rows, const at::Tensor& bank,
+                             const at::Tensor& row_lse, const at::Tensor& row_weight,
+                             double temperature) {
+  const int64_t K = bank.size(0);
+  const at::Tensor col_lse = at::full({K}, std::numeric_limits<double>::infinity(),
+                                      row_lse.options());
+  const at::Tensor col_weight = at::zeros({K}, row_weight.options());
+  if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble) {
+    const auto [rows, cols] = rows_cols_acc<double>(u_rows, bank, false);
+    return grad_general<double>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
+                                temperature);
+  }
+  const auto [rows, cols] = rows_cols_acc<float>(u_rows, bank, false);
+  return grad_general<float>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
+                             temperature);
+}
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                                                int64_t row_offset, double temperature,
@@ -556,13 +620,13 @@ std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& u_rows, const a
 at::Tensor backward_cpu(const at::Tensor& u_rows, const at::Tensor& u_cols,
                         const at::Tensor& norm_rows, const at::Tensor& row_lse,
                         const at::Tensor& col_lse, const at::Tensor& row_weight,
-                        const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                        bool symmetric) {
+                        const at::Tensor& col_weight, const at::Tensor& row_loss,
+                        int64_t row_offset, double temperature, bool symmetric) {
   if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble)
     return backward_impl<double>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                                 col_weight, row_offset, temperature, symmetric);
+                                 col_weight, row_loss, row_offset, temperature, symmetric);
   return backward_impl<float>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                              col_weight, row_offset, temperature, symmetric);
+                              col_weight, row_loss, row_offset, temperature, symmetric);
 }
 
 }  // namespace ntxent

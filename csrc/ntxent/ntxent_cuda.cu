@@ -405,7 +405,9 @@ __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
           float v = acc[nt][2 * h + e] * inv_tau;
           // The positive is in exactly one split: one writer per row.
           if (c == pos_col[h] && c < c_end && row[h] < R) pos_logit[row[h]] = v;
-          if (c >= c_end || c == self_col[h]) v = -INFINITY;  // self excluded exactly
+          // self and positive excluded exactly: the sum runs over the negatives, and
+          // lse_finish_kernel adds the positive back (loss_from_negatives)
+          if (c >= c_end || c == self_col[h] || c == pos_col[h]) v = -INFINITY;
           s[2 * nt + e] = v;
           tile_max = fmaxf(tile_max, v);
         }
@@ -443,9 +445,14 @@ __global__ void __launch_bounds__(256)
   for (int sp = 0; sp < splits; ++sp)
     lse_merge(run_max, run_sum, part_max[static_cast<int64_t>(sp) * R + r],
               part_sum[static_cast<int64_t>(sp) * R + r]);
-  const float lse = lse_value(run_max, run_sum);
+  // No positive column (the memory bank, pos_logit null): the lse over the columns is the result.
+  float loss, lse = lse_value(run_max, run_sum);
+  if (pos_logit != nullptr)
+    loss_from_negatives(lse, pos_logit[r], loss, lse);
+  else
+    loss = lse;
   row_lse[r] = lse;
-  row_loss[r] = lse - pos_logit[r];
+  row_loss[r] = loss;
 }
 
 // Fused backward (D up to kTcFusedMaxDRanges x 128), first stage:
@@ -553,10 +560,9 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float coeff = 0.f;
-            if (col_ok && row[h] < R && c != self_col[h]) {
+            if (col_ok && row[h] < R && c != self_col[h] && c != pos_col[h]) {
               const float s = acc[nt][2 * h + e] * inv_tau;
               coeff = pair_coeff(s, lse_r[h], lse_m, w_r[h], w_m);
-              if (c == pos_col[h]) coeff -= w_r[h] + w_m;
             }
             acc[nt][2 * h + e] = coeff * coef_scale;
           }
@@ -663,10 +669,8 @@ __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
       for (int h = 0; h < 2; ++h) {
         if (row[h] >= row_end) continue;
         float coeff = 0.f;
-        if (c != self_col[h]) {
+        if (c != self_col[h] && c != pos_col[h])
           coeff = pair_coeff(acc[nt][2 * h + e] * inv_tau, lse_r[h], lse_m, w_r[h], w_m);
-          if (c == pos_col[h]) coeff -= w_r[h] + w_m;
-        }
         coef[static_cast<int64_t>(row[h] - row_begin) * C + c] = Tr::to_bits(coeff * coef_scale);
       }
     }
@@ -773,7 +777,8 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
         if (c >= C) continue;
         const acc_t s = acc[i][j] * inv_tau;
         if (c == pos_col[i]) s_pos[ty + 16 * i] = s;
-        if (c != self_col[i]) lse_push(run_max[i], run_sum[i], s);  // self excluded exactly
+        // self and positive excluded exactly; the positive is added back below
+        if (c != self_col[i] && c != pos_col[i]) lse_push(run_max[i], run_sum[i], s);
       }
   }
   // Merge the 16 partial states of a row (lanes tx = 0..15 of one half-warp).
@@ -791,9 +796,14 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
     for (int i = 0; i < TM; ++i) {
       const int r = row0 + ty + 16 * i;
       if (r < R) {
-        const acc_t lse = lse_value(run_max[i], run_sum[i]);
+        // No positive column (the memory bank): the lse over the columns is the result.
+        acc_t loss, lse = lse_value(run_max[i], run_sum[i]);
+        if (row_offset + R <= C)
+          loss_from_negatives(lse, s_pos[ty + 16 * i], loss, lse);
+        else
+          loss = lse;
         row_lse[r] = lse;
-        row_loss[r] = lse - s_pos[ty + 16 * i];
+        row_loss[r] = loss;
       }
     }
   }
@@ -843,10 +853,8 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
         acc_t coeff = acc_t(0);
-        if (col_ok && row[i] < R && c != self_col[i]) {
+        if (col_ok && row[i] < R && c != self_col[i] && c != pos_col[i])
           coeff = pair_coeff(acc[i][j] * inv_tau, lse_r[i], lse_m, w_r[i], w_m);
-          if (c == pos_col[i]) coeff -= w_r[i] + w_m;
-        }
         coef_s[ty + 16 * i][tx + 16 * j] = coeff;
       }
     }
@@ -908,10 +916,8 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
       const int c = col0 + tx + 16 * j;  // 16 consecutive columns per half-warp: coalesced
       if (c >= C) continue;
       acc_t coeff = acc_t(0);
-      if (c != self_col) {
+      if (c != self_col && c != pos_col)
         coeff = pair_coeff(acc[i][j] * inv_tau, lse_r, col_lse[c], w_r, col_weight[c]);
-        if (c == pos_col) coeff -= w_r + col_weight[c];
-      }
       coef[static_cast<int64_t>(r - row_begin) * C + c] = coeff;
     }
   }
@@ -930,6 +936,8 @@ __global__ void __launch_bounds__(kNormThreads)
     normalize_backward_kernel(const scalar_t* __restrict__ u, const acc_t* __restrict__ grad_part,
                               int splits, const acc_t* __restrict__ norm, int R, int D,
                               const float* __restrict__ weight_absmax, acc_t grad_scale,
+                              const scalar_t* __restrict__ u_cols, int row_offset,
+                              const acc_t* __restrict__ pos_coef,
                               scalar_t* __restrict__ grad_z) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * (kNormThreads / 32) + (threadIdx.x >> 5);
@@ -941,11 +949,20 @@ __global__ void __launch_bounds__(kNormThreads)
       weight_absmax != nullptr
           ? grad_scale * static_cast<acc_t>(weight_unit(weight_absmax) / kCoefScale)
           : grad_scale;
+  // The positive's term -(w_i q_i + w_pos q_pos) / tau u_pos, kept out of the tiles (masked
+  // there) and formed from the losses on the host side, without cancellation (ntxent_math.h:
+  // positive_deficit). pos_coef is null for the memory bank, which has no positive column.
+  const acc_t pc = pos_coef != nullptr ? pos_coef[r] : acc_t(0);
+  const scalar_t* up_row =
+      pos_coef != nullptr
+          ? u_cols + static_cast<int64_t>(positive_col_i32(r, R, row_offset)) * D
+          : u;
   // grad_u = sum of the column splits' slices, in a fixed order (bitwise reproducible)
   auto grad_at = [&](int d) {
     acc_t gsum = g_row[d];
     for (int sp = 1; sp < splits; ++sp) gsum += g_row[sp * split_stride + d];
-    return gsum * scale;  // scale 1 (the fused kernels) changes no bit
+    const acc_t g = gsum * scale;  // scale 1 (the fused kernels) changes no bit
+    return pos_coef != nullptr ? g - pc * static_cast<acc_t>(up_row[d]) : g;
   };
   acc_t dot = acc_t(0);
   for (int d = lane; d < D; d += 32) dot += static_cast<acc_t>(u_row[d]) * grad_at(d);
@@ -1037,16 +1054,18 @@ void launch_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64
   at::Tensor part_max = at::empty({splits, R}, f32);
   at::Tensor part_sum = at::empty({splits, R}, f32);
   at::Tensor pos_logit = at::empty({R}, f32);
+  // The memory bank (rows past the last column) has no positive column: no pos_logit.
+  float* pos_ptr = row_offset + R <= C ? pos_logit.data_ptr<float>() : nullptr;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(row_tiles, splits);
   check_grid(grid, D, "the tensor-core forward");
   tc_forward_kernel<T><<<grid, kTcThreads, 0, stream>>>(
       u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
       static_cast<float>(1.0 / temperature), vec_ok, split_cols, part_max.data_ptr<float>(),
-      part_sum.data_ptr<float>(), pos_logit.data_ptr<float>());
+      part_sum.data_ptr<float>(), pos_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   lse_finish_kernel<<<(R + 255) / 256, 256, 0, stream>>>(
-      part_max.data_ptr<float>(), part_sum.data_ptr<float>(), pos_logit.data_ptr<float>(), R,
+      part_max.data_ptr<float>(), part_sum.data_ptr<float>(), pos_ptr, R,
       splits, row_loss.data_ptr<float>(), row_lse.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -1271,8 +1290,8 @@ template <typename scalar_t>
 void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                    const at::Tensor& norm_rows, const at::Tensor& row_lse,
                    const at::Tensor& col_lse, const at::Tensor& row_weight,
-                   const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                   bool tf32, at::Tensor& grad_z) {
+                   const at::Tensor& col_weight, const at::Tensor& row_loss,
+                   int64_t row_offset, double temperature, bool tf32, at::Tensor& grad_z) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   GradParts parts;
   if constexpr (std::is_same_v<scalar_t, double>) {
@@ -1290,13 +1309,34 @@ void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                                   row_offset, temperature);
   }
   const int R = u_rows.size(0), D = u_rows.size(1);
+  // The positive's coefficient per row, (w_i q_i + w_pos q_pos) / tau with q = 1 - P_pos from
+  // the forward's loss (or lse - s_pos when the caller has none); none for the memory bank
+  // (row_offset past the last column: no positive column).
+  at::Tensor pos_coef;
+  if (row_offset + R <= u_cols.size(0)) {
+    const at::Tensor idx = at::arange(R, row_lse.options().dtype(at::kLong));
+    const at::Tensor pos_local = (idx + R / 2).remainder(R);
+    at::Tensor loss = row_loss;
+    if (!loss.defined()) {
+      const at::Tensor rows = u_rows.to(row_lse.scalar_type());
+      const at::Tensor pos = u_cols.index_select(0, pos_local + row_offset).to(rows.scalar_type());
+      loss = row_lse - (rows * pos).sum(1) / temperature;
+    }
+    const at::Tensor q = loss.neg().expm1().neg();  // ntxent_math.h: positive_deficit
+    const at::Tensor w_pos = col_weight.index_select(0, pos_local + row_offset);
+    pos_coef = ((row_weight * q + w_pos * q.index_select(0, pos_local)) / temperature)
+                   .to(row_lse.scalar_type())
+                   .contiguous();
+  }
   const dim3 grid((R + kNormThreads / 32 - 1) / (kNormThreads / 32));
   normalize_backward_kernel<scalar_t, acc_t>
       <<<grid, kNormThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           u_rows.data_ptr<scalar_t>(), parts.slices.data_ptr<acc_t>(), parts.splits,
           norm_rows.data_ptr<acc_t>(), R, D,
           parts.weight_absmax.defined() ? parts.weight_absmax.data_ptr<float>() : nullptr,
-          static_cast<acc_t>(parts.grad_scale), grad_z.data_ptr<scalar_t>());
+          static_cast<acc_t>(parts.grad_scale), u_cols.data_ptr<scalar_t>(),
+          static_cast<int>(row_offset),
+          pos_coef.defined() ? pos_coef.data_ptr<acc_t>() : nullptr, grad_z.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1321,15 +1361,15 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& u_rows,
 at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& norm_rows, const at::Tensor& row_lse,
                          const at::Tensor& col_lse, const at::Tensor& row_weight,
-                         const at::Tensor& col_weight, int64_t row_offset, double temperature,
-                         bool tf32) {
+                         const at::Tensor& col_weight, const at::Tensor& row_loss,
+                         int64_t row_offset, double temperature, bool tf32) {
   const c10::cuda::CUDAGuard guard(u_rows.device());
   check_sizes(u_rows, u_cols, row_offset);
   at::Tensor grad_z = at::empty_like(u_rows, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent backward (CUDA)", [&] {
         backward_impl<scalar_t>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
-                                col_weight, row_offset, temperature, tf32, grad_z);
+                                col_weight, row_loss, row_offset, temperature, tf32, grad_z);
       });
   return grad_z;
 }
