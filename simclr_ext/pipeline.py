@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import _ops
 from ._extension import _C
-from .augment import ColorParams, sample_color_params
+from .augment import ColorParams, _channel_floats, sample_color_params
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -480,7 +480,7 @@ class SimCLRAugment(nn.Module):
             raise ValueError("mean and std must be given together (or both None)")
         self.mean = self.std = None
         if mean is not None:
-            self.mean, self.std = _three(mean, "mean"), _three(std, "std")
+            self.mean, self.std = _channel_floats(mean, "mean"), _channel_floats(std, "std")
             if any(s == 0 for s in self.std):
                 raise ValueError(f"std must be nonzero, got {self.std}")
         if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
@@ -566,12 +566,3 @@ class SimCLRAugment(nn.Module):
                 f"blur_kernel={self.blur_kernel}, out_dtype={self.out_dtype}, "
                 f"channels_last={self.channels_last}")
 
-
-def _three(value, name):
-    try:
-        value = [float(v) for v in value]
-    except TypeError as exc:
-        raise TypeError(f"{name} must be a sequence of 3 floats, got {value!r}") from exc
-    if len(value) != 3:
-        raise ValueError(f"{name} must have 3 entries (one per channel), got {len(value)}")
-    return value

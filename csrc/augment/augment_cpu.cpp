@@ -19,6 +19,7 @@
 #include "augment/augment.h"
 #include "blur/blur_cpu.h"
 #include "color/color_math.h"
+#include "color/pixel_loop_cpu.h"
 #include "crop/crop_cpu.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -32,36 +33,9 @@ namespace augment {
 
 namespace {
 
+using color::for_each_pixel;  // color/pixel_loop_cpu.h
 using color::ImageParams;
 constexpr int64_t kBlock = 256;  // pixels per color block: 3 KiB of lanes, stays in L1
-
-// op(r, g, b) on n pixels: 8 lanes at a time as a float8 (the same color_math.h templates as
-// scalar lanes), then the tail one by one.
-template <typename Op>
-inline void for_each_pixel(float* __restrict r, float* __restrict g, float* __restrict b,
-                           int64_t n, const Op& op) {
-  int64_t i = 0;
-#ifdef SIMCLR_COLOR_HAVE_FLOAT8
-  using color::float8;
-  for (; i + 8 <= n; i += 8) {
-    float8 rr, gg, bb;
-    std::memcpy(&rr, r + i, sizeof(rr));
-    std::memcpy(&gg, g + i, sizeof(gg));
-    std::memcpy(&bb, b + i, sizeof(bb));
-    op(rr, gg, bb);
-    std::memcpy(r + i, &rr, sizeof(rr));
-    std::memcpy(g + i, &gg, sizeof(gg));
-    std::memcpy(b + i, &bb, sizeof(bb));
-  }
-#endif
-  for (; i < n; ++i) {
-    float rr = r[i], gg = g[i], bb = b[i];
-    op(rr, gg, bb);
-    r[i] = rr;
-    g[i] = gg;
-    b[i] = bb;
-  }
-}
 
 // One color op (a code of `order`, or -1 for grayscale) on a block of n pixels.
 SIMCLR_AUG_CLONES void block_op(int op, const ImageParams& p, float mean_luma, float* r,

@@ -12,6 +12,7 @@
 #include "color/color.h"
 #include "color/color_math.h"
 #include "color/layout.h"
+#include "color/pixel_loop_cpu.h"
 
 // The block loops run color_math.h's templates on 8-float GCC vectors; they are compiled twice,
 // for AVX2 and the baseline ISA, and picked at load time (GCC function multi-versioning), so a
@@ -30,33 +31,6 @@ namespace {
 
 constexpr int64_t kBlock = 256;   // pixels per block: 3 x 1 KiB of floats, stays in L1
 constexpr int64_t kChunk = 4096;  // pixels per parallel work item
-
-// Applies op(r, g, b) to the n pixels of a block: 8 lanes at a time as a float8 (same
-// color_math.h template as the scalar lanes), the tail one by one.
-template <typename Op>
-inline void for_each_pixel(float* __restrict r, float* __restrict g, float* __restrict b,
-                           int64_t n, const Op& op) {
-  int64_t i = 0;
-#ifdef SIMCLR_COLOR_HAVE_FLOAT8
-  for (; i + 8 <= n; i += 8) {
-    float8 rr, gg, bb;
-    std::memcpy(&rr, r + i, sizeof(rr));
-    std::memcpy(&gg, g + i, sizeof(gg));
-    std::memcpy(&bb, b + i, sizeof(bb));
-    op(rr, gg, bb);
-    std::memcpy(r + i, &rr, sizeof(rr));
-    std::memcpy(g + i, &gg, sizeof(gg));
-    std::memcpy(b + i, &bb, sizeof(bb));
-  }
-#endif
-  for (; i < n; ++i) {
-    float rr = r[i], gg = g[i], bb = b[i];
-    op(rr, gg, bb);
-    r[i] = rr;
-    g[i] = gg;
-    b[i] = bb;
-  }
-}
 
 SIMCLR_VEC_CLONES void block_brightness(float* r, float* g, float* b, int64_t n, float factor) {
   for_each_pixel(r, g, b, n, [=](auto& rr, auto& gg, auto& bb) {
