@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import simclr_ext
 from simclr_ext import checkpoint as ckpt_lib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,9 @@ def train():
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # the children import the simclr_ext these tests import (installed, or a built source tree)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(simclr_ext.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pkg_parent)
     for k in ("TORCHELASTIC_RESTART_COUNT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
               "MASTER_PORT"):
         env.pop(k, None)
