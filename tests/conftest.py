@@ -1,4 +1,5 @@
 """Shared test harness: the cpu/cuda `device` parametrization and a gloo multi-process runner."""
+import contextlib
 import os
 import socket
 import traceback
@@ -101,3 +102,14 @@ def distributed(tmp_path):
         return run_distributed(fn, world_size, *args, timeout=timeout, tmp_dir=sub)
 
     return run
+
+
+@contextlib.contextmanager
+def tf32_matmul(enabled):
+    """Set torch.backends.cuda.matmul.allow_tf32 for the block, restore it afterwards."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old

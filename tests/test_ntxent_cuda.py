@@ -4,7 +4,6 @@ All skip without a CUDA device. benchmarks/gpu_check.sh runs them; the `sanitize
 small ones it also runs under compute-sanitizer memcheck and racecheck. The references are
 computed on the GPU in float64, in row chunks, so no (2N)^2 matrix exists at once.
 """
-import contextlib
 import math
 
 import pytest
@@ -13,6 +12,8 @@ import torch.nn.functional as F
 
 import simclr_ext
 from simclr_ext import reference
+
+from conftest import tf32_matmul  # tests/conftest.py
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -24,15 +25,6 @@ pytestmark = [
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def tf32_matmul(enabled):
-    """Set torch.backends.cuda.matmul.allow_tf32 for the block, restore it afterwards."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def chunked_reference(z_i, z_j, temperature, sample_rows, chunk=2048):

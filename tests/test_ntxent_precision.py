@@ -2,7 +2,6 @@
 and the TF32 decision is taken once by the forward and carried to its backward
 (docs/architecture.md, 2.3). The CUDA effect of the decision is checked in
 tests/test_ntxent_cuda.py."""
-import contextlib
 
 import pytest
 import torch
@@ -11,17 +10,11 @@ import simclr_ext
 from simclr_ext import _ops
 from simclr_ext._extension import _C
 
+from conftest import tf32_matmul  # tests/conftest.py
+
 FLOAT8 = [getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)]
 
 
-@contextlib.contextmanager
-def tf32_matmul(enabled):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @pytest.mark.skipif(not FLOAT8, reason="this torch has no float8 dtypes")
