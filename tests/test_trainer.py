@@ -265,6 +265,10 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     (["--augment", "kornia"], "invalid choice: 'kornia'"),
     (["--crop-scale", "0"], "--crop-scale must be in (0, 1]"),
     (["--monitor-every", "-1"], "--monitor-every must be >= 0"),
+    (["--semi-hard"], "--semi-hard applies to --loss nt_logistic or margin_triplet"),
+    (["--loss", "nt_logistic", "--margin", "0.3"], "--margin applies to --loss margin_triplet only"),
+    (["--loss", "margin_triplet", "--margin", "0"], "--margin must be > 0"),
+    (["--loss", "infonce"], "invalid choice: 'infonce'"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys, scripts):
     train = scripts.train
