@@ -417,7 +417,8 @@ def run_study(study_name: str, opts, train_flags: List[str]) -> int:
     spent, units_done = 0.0, 0.0
 
     def units(st, a):
-        return 0.1 if st.kind == "random" else a.epochs * (0.6 if st.kind == "supervised" else 1.0)
+        # a random-init evaluation is seconds; supervised steps see one view, SimCLR's two
+        return 0.0 if st.kind == "random" else a.epochs * (0.6 if st.kind == "supervised" else 1.0)
 
     for i, key in enumerate(todo_args, 1):
         st, a = todo_args[key]
@@ -439,7 +440,8 @@ def run_study(study_name: str, opts, train_flags: List[str]) -> int:
                    seconds=time.time() - t0, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
         study["runs"][key] = rec
         save_json(path, study)
-        spent, units_done = spent + rec["seconds"], units_done + units(st, a)
+        if units(st, a):
+            spent, units_done = spent + rec["seconds"], units_done + units(st, a)
         res = ", ".join(f"{at}: top-1 {r['top1']:.1f}%" for at, r in rec["results"].items())
         print(f"[run {i} of {n}] {key}: {res} ({rec['seconds']:.0f} s)", flush=True)
     all_settings = study_settings(study_name, opts.supervised_ceiling)
