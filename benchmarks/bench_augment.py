@@ -24,6 +24,7 @@ Cases: CPU 64 images 256 x 256; CUDA 256 images 375 x 500 (ImageNet's most commo
 decoders beside nvJPEG in the same run.
 Run: python benchmarks/run_benchmarks.py -k augment     (-k decode: the decoders alone)
 """
+import functools
 import io
 import warnings
 
@@ -142,8 +143,10 @@ DECODE_NOTES = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def make_jpegs(dev):
-    """DECODE_CASES[dev] JPEGs (quality 90, 4:2:0) of smooth random fields plus noise."""
+    """DECODE_CASES[dev] JPEGs (quality 90, 4:2:0) of smooth random fields plus noise, made
+    once per process for the three decoders (the encoding costs more than a decode)."""
     from torchvision.io import encode_jpeg
 
     b, h, w = DECODE_CASES[dev]
