@@ -262,9 +262,9 @@ def test_trainer_loader_with_device_decode_gives_the_loaders_batches(tmp_path, t
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_cuda_decode_is_close_to_the_cpu_decode(tmp_path):
     g = fresh_generator()
-    jpeg_folder(tmp_path, 24, g)
+    jpeg_folder(tmp_path / "small", 24, g)
     jpeg_folder(tmp_path / "big", 4, g, sizes=(375, 500))  # an ImageNet-like size
-    for root in (tmp_path, tmp_path / "big"):
+    for root in (tmp_path / "small", tmp_path / "big"):
         src = folder_source(root)
         images, _ = decode_all(src, range(len(src)), "cuda")
         for i, img in enumerate(images):
