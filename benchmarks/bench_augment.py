@@ -14,8 +14,20 @@ call. Same process, same thread count (torch.get_num_threads()) for every impl.
                parameters, one color-op order per batch
 Cases (B images of H x H -> views of S px): CPU 128 x 256 -> 224 (ImageNet-like), 128 x 96 -> 96
 (STL-10), 128 x 32 -> 32 (CIFAR); CUDA 256 x 256 -> 224.
-Run: python benchmarks/run_benchmarks.py -k augment
+
+JPEG decode (`test_jpeg_decode`, the trainer's --decode-device): B encoded JPEGs held in memory
+(no file reads timed) -> uint8 [3, H, W] images, one call per batch:
+  pillow       Image.open + convert("RGB") per image (the loader's CPU decode), one thread
+  decode_cpu   torchvision.io.decode_jpeg(list) on the CPU (libjpeg-turbo), one thread
+  nvjpeg       torchvision.io.decode_jpeg(list, device="cuda"): nvJPEG's batched decode
+Cases: CPU 64 images 256 x 256; CUDA 256 images 375 x 500 (ImageNet's most common size), the CPU
+decoders beside nvJPEG in the same run.
+Run: python benchmarks/run_benchmarks.py -k augment     (-k decode: the decoders alone)
 """
+import functools
+import io
+import warnings
+
 import pytest
 import torch
 
@@ -118,5 +130,88 @@ def test_simclr_augment(benchmark, bench_device, impl, case):
         info["peak_mib"] = peak_mib(bench_device, fn=fn, target="bench_augment:make_impl",
                                     impl=impl, dev=bench_device, case=case)
     if bench_device == "cuda":
+        info["device_name"] = torch.cuda.get_device_name()
+    benchmark.extra_info.update(info)
+
+
+DECODE_CASES = {"cpu": (64, 256, 256), "cuda": (256, 375, 500)}
+DECODERS = ["pillow", "decode_cpu", "nvjpeg"]
+DECODE_NOTES = {
+    "pillow": "PIL.Image.open + convert('RGB') per image, as the loader decodes (one thread)",
+    "decode_cpu": "torchvision.io.decode_jpeg(list) on the CPU, libjpeg-turbo (one thread)",
+    "nvjpeg": "torchvision.io.decode_jpeg(list, device='cuda'): nvJPEG batched decode",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def make_jpegs(dev):
+    """DECODE_CASES[dev] JPEGs (quality 90, 4:2:0) of smooth random fields plus noise, made
+    once per process for the three decoders (the encoding costs more than a decode)."""
+    from torchvision.io import encode_jpeg
+
+    b, h, w = DECODE_CASES[dev]
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(b, 3, 6, 8, generator=g) * 255
+    out = []
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs (torchcodec)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        for i in range(0, b, 32):  # a few images at a time: bounded memory
+            img = torch.nn.functional.interpolate(coarse[i:i + 32], size=(h, w), mode="bicubic")
+            img = (img + 10 * torch.randn(img.shape, generator=g)).clamp(0, 255).to(torch.uint8)
+            out += [encode_jpeg(x, quality=90) for x in img]
+    return out
+
+
+def make_decoder(decoder, dev):
+    """A zero-argument callable: decode the batch (and wait for the device)."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+    import torchvision.transforms.v2.functional as TF
+
+    encoded = make_jpegs(dev)
+    if decoder == "pillow":
+        raw = [bytes(e.numpy()) for e in encoded]
+
+        def fn():
+            out = []
+            for r in raw:
+                with Image.open(io.BytesIO(r)) as im:
+                    out.append(TF.pil_to_tensor(im.convert("RGB")))
+            return out
+    else:
+        device = "cuda" if decoder == "nvjpeg" else "cpu"
+        fn = lambda: decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # noqa: E731
+
+    def call():
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs (torchcodec)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+            out = fn()
+        sync(dev)
+        return out
+
+    return call
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_jpeg_decode(benchmark, bench_device, decoder):
+    if decoder == "nvjpeg" and bench_device != "cuda":
+        pytest.skip("nvJPEG decodes on CUDA only")
+    b, h, w = DECODE_CASES[bench_device]
+    label = f"{b} JPEGs {h}x{w} (q90) -> {b}x3x{h}x{w} uint8"
+    benchmark.group = f"decode {bench_device} {label}"
+    fn = make_decoder(decoder, bench_device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU decoders run in loader workers, one thread each
+    try:
+        out = fn()  # warm-up (nvJPEG handles, allocator) and a shape check
+        assert len(out) == b and all(x.shape == (3, h, w) and x.dtype == torch.uint8 for x in out)
+        benchmark.pedantic(fn, rounds=3 if decoder != "nvjpeg" else 10, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    info = {"op": "jpeg_decode", "impl": decoder, "device": bench_device, "case": label,
+            "threads": 1 if decoder != "nvjpeg" else None, "note": DECODE_NOTES[decoder],
+            "images_per_s": b / benchmark.stats.stats.median}
+    if decoder == "nvjpeg":
+        info["peak_mib"] = peak_mib("cuda", fn=fn)
         info["device_name"] = torch.cuda.get_device_name()
     benchmark.extra_info.update(info)

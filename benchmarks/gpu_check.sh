@@ -7,10 +7,12 @@
 # the next ones, a stage that runs out is stopped at its own limit and never eats a later box.
 #   build       reuse prebuilt/gpu/ (benchmarks/prebuild_gpu.sh) when its recorded torch, Python,
 #               arch and source hash match this machine and tree; else build in place, 16 jobs
-#   cuda_tests  the CUDA parity tests of the three ops (pytest -m cuda)
+#   cuda_tests  the CUDA parity tests of the ops and the device JPEG decode (pytest -m cuda)
 #   memcheck,   compute-sanitizer on the `sanitize` cases; a probe of a few seconds first: a
 #   racecheck   missing binary or "Device not supported" is recorded as "not available"
-#   benchmarks  the CUDA benchmark suites, then README's tables (report.py)
+#   benchmarks  the CUDA benchmark suites (bench_augment.py first: the whole augmentation vs
+#               torchvision per image and kornia, and the JPEG decoders), then README's tables
+#               (report.py); -rs puts every skip and its reason (e.g. kornia missing) in the log
 # Everything goes to $OUT/benchmarks/results/<device>/ when $OUT is set (the device tool's output
 # folder, so the folder can be committed as it comes back), else benchmarks/results/<device>/:
 # summary.md (per stage: status, seconds, limit), <stage>.log, env.txt, cuda_tests.xml,
@@ -156,7 +158,7 @@ if [ "$have_ext" -eq 1 ]; then
   run_boxed cuda_tests $PY -m pytest tests/test_ntxent_cuda.py tests/test_lars_cuda.py \
     tests/test_ntxent.py tests/test_ntxent_precision.py tests/test_lars.py tests/test_color.py \
     tests/test_resized_crop.py tests/test_blur.py tests/test_simclr_augment.py \
-    -m cuda -v -rfE -p no:cacheprovider --continue-on-collection-errors --durations=15 \
+    tests/test_jpeg_decode.py -m cuda -v -rfE -p no:cacheprovider --continue-on-collection-errors --durations=15 \
     --junitxml="$RES/cuda_tests.xml"
 else
   record cuda_tests "skipped (no extension)" 0 "$limit"
@@ -205,7 +207,7 @@ open_stage benchmarks
 if [ "$have_ext" -eq 1 ]; then
   # The table is made from whatever JSON the suites wrote, even after a failure or the box's end.
   run_boxed benchmarks bash -c "$PY benchmarks/run_benchmarks.py --device cuda --out '$RES' \
-    --name bench_cuda.json; rc=\$?; [ -s '$RES/bench_cuda.json' ] && \
+    --name bench_cuda.json -- -rs; rc=\$?; [ -s '$RES/bench_cuda.json' ] && \
     $PY benchmarks/report.py '$RES/bench_cuda.json' > '$RES/table.md'; exit \$rc"
 else
   record benchmarks "skipped (no extension)" 0 "$limit"

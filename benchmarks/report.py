@@ -5,7 +5,8 @@
     python benchmarks/report.py --compare BASELINE.json NEW.json [--max-slowdown 15]
 
 One table per op; one row per benchmark group (a case), one column per implementation with its
-median time, and the ratio of each baseline's median to the fused median (> 1: fused is faster),
+median time, and the ratio of each baseline's median to the fused median (> 1: fused is faster;
+an op without a fused impl, such as the JPEG decoders, is compared to its first impl by name),
 plus peak memory. The machine is named from the JSON (extra_info["device_name"] or machine_info).
 
 --compare lists the benchmarks of NEW whose median is more than --max-slowdown percent above the
@@ -53,8 +54,9 @@ def report(paths):
             for rows in cases.values():
                 impls += [i for i in rows if i not in impls]
             impls.sort(key=lambda i: (i != "fused", i))
+            base = impls[0]  # "fused" when the op has it
             head = ["case"] + [f"{i} (median)" for i in impls]
-            head += [f"{i} / fused" for i in impls if i != "fused"]
+            head += [f"{i} / {base}" for i in impls if i != base]
             head += [f"peak MiB {i}" for i in impls]
             lines.append(f"**{op}**\n")
             lines.append("| " + " | ".join(head) + " |")
@@ -63,10 +65,10 @@ def report(paths):
                 med = {i: rows[i][0]["median"] for i in rows}
                 cells = [case] + [fmt_time(med[i]) if i in med else "n/a" for i in impls]
                 for i in impls:
-                    if i == "fused":
+                    if i == base:
                         continue
-                    ok = i in med and "fused" in med
-                    cells.append(f"{med[i] / med['fused']:.2f}x" if ok else "n/a")
+                    ok = i in med and base in med
+                    cells.append(f"{med[i] / med[base]:.2f}x" if ok else "n/a")
                 for i in impls:
                     pk = rows.get(i, (None, {}))[1].get("peak_mib")
                     cells.append(f"{pk:.0f}" if isinstance(pk, (int, float)) else "n/a")

@@ -33,8 +33,10 @@ import simclr_ext
 from simclr_ext import checkpoint as ckpt_lib
 from simclr_ext import reference as simclr_reference
 from simclr_ext import distributed as D
-from simclr_ext.data import (DATASETS, EMBEDDED, DataError, DeviceAugment, ResumableSampler,
-                             bad_image_count, collate_images, load_sources, view_seed)
+from simclr_ext.data import (DATASETS, EMBEDDED, DataError, DeviceAugment, DeviceJpegDecoder,
+                             EncodedFolderSource, ResumableSampler, bad_image_count,
+                             collate_encoded, collate_images, count_non_jpeg, load_sources,
+                             view_seed)
 from simclr_ext.defaults import augmentation_defaults, native_image_size
 from simclr_ext.evaluate import format_table, linear_eval, random_init_model
 from simclr_ext.models import ARCHS, HEADS, SimCLRModel, preferred_memory_format
@@ -47,12 +49,17 @@ from simclr_ext.supervised import train_supervised
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
             "test_size", "batch_size", "epochs", "base_lr", "lr_scaling", "warmup_epochs",
             "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum",
-            "val_fraction", "augment", "crop_scale", "loss", "semi_hard", "margin")
+            "val_fraction", "augment", "crop_scale", "decode_device", "loss", "semi_hard",
+            "margin")
 # --augment: SimCLRAugment's fused kernels, or the same views made per view with torchvision's
 # functional ops (simclr_ext.reference.SimCLRAugment: same sampler, the baseline it is compared to)
 AUGMENTS = ("fused", "torchvision")
 # checkpoints written before a key existed ran with this value
-RUN_KEY_BEFORE = {"crop_scale": 0.08, "loss": "nt_xent", "semi_hard": False, "margin": None}
+RUN_KEY_BEFORE = {"crop_scale": 0.08, "decode_device": "cpu", "loss": "nt_xent",
+                  "semi_hard": False, "margin": None}
+# --decode-device: where an ImageFolder's JPEGs are decoded (docs/architecture.md, 10.4): by the
+# loader on the CPU, or from their bytes on the training GPU in one batched nvJPEG call per step
+DECODE_DEVICES = ("cpu", "cuda")
 # --loss: the contrastive objectives of the paper's Table 4 (docs/architecture.md, 2.5)
 LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
 DEFAULT_MARGIN = 0.5
@@ -79,6 +86,10 @@ def build_parser():
                    help="imagefolder: use the next readable image in place of an unreadable one "
                         "(listed in <run-dir>/bad_images.txt, counted in the log) instead of "
                         "stopping with an error naming the file")
+    a.add_argument("--decode-device", default="cpu", choices=DECODE_DEVICES,
+                   help="imagefolder: decode the JPEG files on the CPU in the loader, or on the "
+                        "training GPU (cuda: the loader reads the files' bytes, torchvision's "
+                        "decode_jpeg decodes each batch on the device; other formats stay on the CPU)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="resnet18", help=f"one of {sorted(ARCHS)}")
     m.add_argument("--width", type=int, default=16,
@@ -198,6 +209,15 @@ def validate(p, args):
         p.error(f"--save-every-steps must be >= 0 (0: epoch ends only), got {args.save_every_steps}")
     if not args.dist_timeout > 0:
         p.error(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
+    if args.decode_device == "cuda":
+        if args.dataset != "imagefolder":
+            p.error(f"--decode-device cuda decodes the JPEG files of an ImageFolder "
+                    f"(--dataset imagefolder); --dataset {args.dataset} has none: leave it at cpu")
+        if args.device == "cpu" or not torch.cuda.is_available():
+            p.error("--decode-device cuda needs a CUDA device to train on"
+                    + (", and --device is cpu" if args.device == "cpu" else
+                       ", and none is available here (torch.cuda.is_available() is False)")
+                    + ": use --decode-device cpu")
     if args.dataset not in EMBEDDED:
         if args.data_dir is None:
             p.error(f"--dataset {args.dataset} needs --data-dir")
@@ -422,6 +442,10 @@ class Data:
     sampler: ResumableSampler
     local_batch: int
     steps_per_epoch: int
+    # --decode-device cuda: what the pretraining loader reads (the files' bytes) and the device
+    # half that decodes a batch of them; None: the loader decodes (pretrain, collate_images)
+    encoded: Optional[EncodedFolderSource] = None
+    decoder: Optional[DeviceJpegDecoder] = None
 
 
 class NonFiniteError(FloatingPointError):
@@ -524,7 +548,15 @@ def load_data(s: Setup) -> Data:
     if steps_per_epoch < 1:
         raise ValueError(f"--batch-size {a.batch_size} is larger than the data set "
                          f"({len(pre)} images)")
-    return Data(pre, train, test, sampler, local_batch, steps_per_epoch)
+    data = Data(pre, train, test, sampler, local_batch, steps_per_epoch)
+    if a.decode_device == "cuda":
+        data.encoded = EncodedFolderSource(pre)
+        data.decoder = DeviceJpegDecoder(pre, s.device)
+        other = count_non_jpeg(pre)
+        if other:
+            s.say(f"note: {other} of {len(pre)} pretraining files are not .jpg / .jpeg: they are "
+                  f"decoded on the CPU in the loader, the JPEGs on {s.device}")
+    return data
 
 
 def build_training(s: Setup, data: Data) -> Training:
@@ -639,12 +671,15 @@ def save_checkpoint(s: Setup, tr: Training, pos: Position, tag: str):
 
 def epoch_loader(s: Setup, data: Data, pos: Position):
     """This rank's batches of the epoch pos.epoch, from step pos.step_in_epoch on: decoded uint8
-    images only (one tensor when the data set has one size, a list otherwise)."""
+    images only (one tensor when the data set has one size, a list otherwise), or with
+    --decode-device cuda the JPEG files' bytes (data.EncodedBatch, decoded in the step)."""
     data.sampler.set_epoch(pos.epoch, start=pos.step_in_epoch * data.local_batch)
+    encoded = data.encoded is not None  # --decode-device cuda: file bytes, decoded on the device
     return torch.utils.data.DataLoader(
-        data.pretrain, batch_size=data.local_batch, sampler=data.sampler,
-        num_workers=s.args.workers, collate_fn=collate_images,
-        drop_last=True, pin_memory=s.device.type == "cuda", persistent_workers=False,
+        data.encoded if encoded else data.pretrain, batch_size=data.local_batch,
+        sampler=data.sampler, num_workers=s.args.workers,
+        collate_fn=collate_encoded if encoded else collate_images, drop_last=True,
+        pin_memory=s.device.type == "cuda" and not encoded, persistent_workers=False,
         generator=torch.Generator().manual_seed(s.args.seed + pos.epoch))
 
 
@@ -689,12 +724,14 @@ def train_one_epoch(s: Setup, data: Data, tr: Training, pos: Position, stop: Sto
     a = s.args
     log = EpochLog(s, data, pos, tr.guard)
     interrupted = None
-    for images, _ in epoch_loader(s, data, pos):
+    for images, labels in epoch_loader(s, data, pos):
         if pos.step_in_epoch >= data.steps_per_epoch:
             break
         lr = tr.schedule.apply(tr.optimizer, pos.global_step)
         b = len(images)
-        if isinstance(images, torch.Tensor):
+        if data.decoder is not None:  # JPEG bytes: one batched decode on the device
+            images, labels = data.decoder(images, labels)
+        elif isinstance(images, torch.Tensor):
             images = images.to(s.device, non_blocking=True)
         else:  # images of different sizes: SimCLRAugment reads them where they are
             images = [img.to(s.device, non_blocking=True) for img in images]

@@ -2,7 +2,9 @@
 directories, CIFAR-10/100 and STL-10 from a local directory; the trainer's batches of decoded
 uint8 images (`collate_images`: one tensor when the data set has one size, a list otherwise),
 whose two views per image simclr_ext.SimCLRAugment makes on the training device, seeded per
-step (`view_seed`); a resumable distributed sampler. The older split, crop + flip on the loader
+step (`view_seed`), or, with --decode-device cuda, an ImageFolder's JPEG bytes
+(`EncodedFolderSource`) decoded on the device in one batched call (`DeviceJpegDecoder`); a
+resumable distributed sampler. The older split, crop + flip on the loader
 (`TwoViews`, `OneView`: fine-tuning uses it) and color + blur on the device (`DeviceAugment`),
 is kept for fine-tuning and as the trainer benchmark's baseline.
 
@@ -404,6 +406,131 @@ def collate_images(batch):
     if all(img.shape == first for img in images):
         return torch.stack(images), labels
     return images, labels
+
+
+# ------------------------------------------------------------------------------------------
+# ImageFolder JPEGs decoded on the training device (--decode-device cuda)
+# ------------------------------------------------------------------------------------------
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+
+
+def is_whole_jpeg(data: bytes) -> bool:
+    """True when data starts with a JPEG's start-of-image marker and ends with its end-of-image
+    marker. Anything else (another format, an empty or cut-short file) goes to the CPU decoder,
+    whose rules (DataError or --skip-bad-images) decide whether it is readable."""
+    return len(data) > 4 and data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
+
+
+def _decode_jpegs(encoded, device):
+    """torchvision.io.decode_jpeg on a list of encoded JPEGs (1-D uint8 CPU tensors) -> list of
+    uint8 [3, H, W] on device (nvJPEG's batched decode on CUDA, libjpeg-turbo on the CPU)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of torchcodec; they still work
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        return decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device)
+
+
+class EncodedFolderSource(Dataset):
+    """A FolderSource read for decoding on the training device: index -> (item, label, index),
+    item the file's bytes (uint8 [N]) when it is a whole JPEG (is_whole_jpeg), else the image
+    decoded on the CPU by the FolderSource (uint8 [3, H, W]), which applies its unreadable-file
+    rules (a DataError naming the file, or with skip_bad the next readable file in its place)."""
+
+    def __init__(self, source: FolderSource):
+        if not isinstance(source, FolderSource):
+            raise DataError(f"decoding on the training device reads the files of an ImageFolder "
+                            f"data set; got {type(source).__name__}, which has no files")
+        self.source = source
+        self.num_classes = source.num_classes
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        path, target = self.source.samples[i]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""  # the CPU path below raises (or skips) with the reason
+        if is_whole_jpeg(data):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), target, i
+        img, target = self.source[i]
+        return img, target, i
+
+
+class EncodedBatch:
+    """A loader batch for device decoding: items (encoded JPEG bytes uint8 [N], or an image
+    already decoded on the CPU uint8 [3, H, W]) and their sample indices."""
+
+    def __init__(self, items, indices):
+        self.items, self.indices = items, indices
+
+    def __len__(self):
+        return len(self.items)
+
+
+def collate_encoded(batch):
+    """(item, label, index) triples of EncodedFolderSource -> (EncodedBatch, labels [B] int64).
+    Nothing is stacked here: the images' sizes are known only after decoding."""
+    labels = torch.tensor([t for _, t, _ in batch], dtype=torch.int64)
+    return EncodedBatch([x for x, _, _ in batch], [i for _, _, i in batch]), labels
+
+
+class DeviceJpegDecoder:
+    """The training-device half of --decode-device: EncodedBatch -> (images, labels), images
+    on `device` as collate_images makes them (one [B, 3, H, W] tensor when every image has one
+    size, else the list). All JPEG bytes of the batch go to one batched decode_jpeg call.
+
+    A JPEG that the device decoder rejects (the batched call raises) is decoded on the CPU by
+    the FolderSource, with its rules for unreadable files; its index is remembered, so later
+    batches send it to the CPU directly instead of failing a batched call again."""
+
+    def __init__(self, source: FolderSource, device):
+        self.source, self.device = source, torch.device(device)
+        self.cpu_only = set()  # indices whose bytes the device decoder rejected
+
+    def _cpu(self, i):
+        img, target = self.source[i]
+        return img.to(self.device, non_blocking=True), target
+
+    def __call__(self, batch: EncodedBatch, labels: Tensor):
+        out, labels = [None] * len(batch), labels.clone()
+        jpeg = []
+        for k, (item, i) in enumerate(zip(batch.items, batch.indices)):
+            if item.dim() == 3:  # decoded on the CPU in the loader (not a whole JPEG)
+                out[k] = item.to(self.device, non_blocking=True)
+            elif i in self.cpu_only:
+                out[k], labels[k] = self._cpu(i)
+            else:
+                jpeg.append(k)
+        if jpeg:
+            try:
+                decoded = _decode_jpegs([batch.items[k] for k in jpeg], self.device)
+            except RuntimeError:  # one of them is unreadable here: find it, one by one
+                decoded = []
+                for k in jpeg:
+                    try:
+                        decoded.append(_decode_jpegs([batch.items[k]], self.device)[0])
+                    except RuntimeError:
+                        self.cpu_only.add(batch.indices[k])
+                        img, labels[k] = self._cpu(batch.indices[k])
+                        decoded.append(img)
+            for k, img in zip(jpeg, decoded):
+                out[k] = img
+        first = out[0].shape
+        if all(img.shape == first for img in out):
+            return torch.stack(out), labels
+        return out, labels
+
+
+def count_non_jpeg(source: FolderSource) -> int:
+    """Files of an ImageFolder source without a .jpg / .jpeg extension."""
+    return sum(not p.lower().endswith(JPEG_EXTENSIONS) for p, _ in source.samples)
 
 
 def view_seed(seed: int, epoch: int, step: int, rank: int) -> int:
