@@ -10,6 +10,12 @@
 // Both apply the per-element formulas of ntxent_math.h (lse_merge/lse_push, pair_coeff,
 // normalize_backward, positive_col): the code the CPU kernel runs.
 //
+// Each kernel is written once, as a template over a loss policy (loss_policy.cuh): NT-Xent is
+// one policy, NT-Logistic and margin triplet (pair_loss.h; pair_forward_cuda and
+// pair_backward_cuda at the end of this file) are the others. The policy decides what a
+// similarity tile adds to a row's statistics (forward) and each logit's coefficient (backward);
+// loading, the products, splits and the normalization backward are shared.
+//
 // Backward, small D (up to 2 x 128 of D on tensor cores, one SIMT tile): a fused kernel writes
 // grad_u [R, D] in the accumulation dtype (one block per (row tile, D range), no atomics), then a
 // per-row kernel applies the normalization backward (it needs u . grad_u over the whole row).
@@ -464,12 +470,14 @@ __global__ void __launch_bounds__(256)
 
 // Fused backward (D up to kTcFusedMaxDRanges x 128), first stage:
 //   grad_part[split z][rows of this tile, D range of blockIdx.y] =
-//   1/tau sum_{m in split z} coef_im u_m,  coef_im = w_i P_im + w_m P_mi,
-// minus (w_i + w_m) at m = pos(i), coefficient 0 at m = i exactly. The coefficients go through
-// a 16-bit (or tf32) operand, so they are scaled by kCoefScale / max|w| first and the product
-// is scaled back in fp32 (see kCoefScale). Folding the positive term into the coefficient
-// cancels w (P - 1) in fp32 before rounding. Each block recomputes the similarity tile over all
-// of D for its own D range, which is why large D goes to the two-stage backward instead.
+//   grad_scale sum_{m in split z} coef_im u_m,  coef_im the policy's (NT-Xent:
+//   w_i P_im + w_m P_mi, grad_scale 1/tau),
+// with coefficient 0 at m = i and at m = pos(i) exactly (the positive's term is added by
+// normalize_backward_kernel). The coefficients go through a 16-bit (or tf32) operand, so they
+// are scaled by kCoefScale / max|w| first and the product is scaled back in fp32 (see
+// kCoefScale; every policy's |coefficient| is at most 2 max|w|). Each block recomputes the
+// similarity tile over all of D for its own D range, which is why large D goes to the two-stage
+// backward instead.
 template <typename T, typename Coef>
 __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
     tc_backward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
@@ -601,8 +609,8 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
 // row_begin + 64 blockIdx.y + [0, 64) and columns 64 blockIdx.x + [0, 64), from one similarity
 // pass over all of D, stored into coef [row_end - row_begin, C] (row-major, row i - row_begin):
 // as T scaled by kCoefScale / max|w| for 16-bit T, as fp32 for fp32 (TF32) inputs. The second
-// stage is one GEMM per wave of rows, grad_u = coef x u_cols (at::mm, fp32 output). Same masks
-// and positive fold as the fused kernel; rows outside [row_begin, row_end) are never written.
+// stage is one GEMM per wave of rows, grad_u = coef x u_cols (at::mm, fp32 output). Same policy
+// and masks as the fused kernel; rows outside [row_begin, row_end) are never written.
 template <typename T, typename Coef>
 __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
     tc_coef_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
@@ -791,6 +799,8 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
   }
 }
 
+// Fused SIMT backward: grad_u [rows of this tile, D tile of blockIdx.y] =
+// grad_scale sum_m coef_im u_m with the policy's coefficients, staged through shared memory.
 template <typename scalar_t, typename acc_t, int TILE, typename Coef>
 __global__ void __launch_bounds__(kSimtThreads, 1)
     simt_backward_kernel(const scalar_t* __restrict__ u_rows,
