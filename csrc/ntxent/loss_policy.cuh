@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "ntxent/ntxent_math.h"
+#include "ntxent/pair_loss.h"  // the row-state layout
 
 namespace simclr_ext {
 namespace ntxent {
@@ -246,15 +247,16 @@ struct MarginRule {
 };
 
 // A finished row: its loss and state [c_pos, |M_k|, active] (pair_loss.h: kStateCosPos, ...).
+// |M_k| and the active count are exact in the state up to 2^24 columns (fp32).
 template <typename Rule, typename acc_t = typename Rule::acc_t>
 __device__ __forceinline__ void pair_write_row(const Rule& rule, int r, acc_t cpos, acc_t sum,
                                                int count, int active, acc_t* __restrict__ row_loss,
                                                acc_t* __restrict__ row_state) {
   row_loss[r] = rule.loss(cpos, sum, count);
-  acc_t* st = row_state + static_cast<int64_t>(r) * 3;
-  st[0] = cpos;
-  st[1] = static_cast<acc_t>(count);
-  st[2] = static_cast<acc_t>(active);
+  acc_t* st = row_state + static_cast<int64_t>(r) * kPairStateCols;
+  st[kStateCosPos] = cpos;
+  st[kStateCount] = static_cast<acc_t>(count);
+  st[kStateActive] = static_cast<acc_t>(active);
 }
 
 // Tensor-core forward of a pair loss: per split, each row's partial (sum, count, active);
