@@ -7,7 +7,8 @@
 # the next ones, a stage that runs out is stopped at its own limit and never eats a later box.
 #   build       reuse prebuilt/gpu/ (benchmarks/prebuild_gpu.sh) when its recorded torch, Python,
 #               arch and source hash match this machine and tree; else build in place, 16 jobs
-#   cuda_tests  the CUDA parity tests of the ops and the device JPEG decode (pytest -m cuda)
+#   cuda_tests  the CUDA parity tests of the ops, of the pair losses and of the device JPEG
+#               decode (pytest -m cuda; tests/test_pair_loss.py only where the tree has it)
 #   memcheck,   compute-sanitizer on the `sanitize` cases; a probe of a few seconds first: a
 #   racecheck   missing binary or "Device not supported" is recorded as "not available"
 #   benchmarks  the CUDA benchmark suites (bench_augment.py first: the whole augmentation vs
@@ -149,16 +150,23 @@ else
   have_ext=0
 fi
 
+# Test files that may be absent from a tree (a suite added on another branch): passed to pytest
+# only when present, since a missing path would fail the whole collection.
+present() { local f; for f in "$@"; do [ -f "$f" ] && echo "$f"; done; }
+PAIR_TESTS=$(present tests/test_pair_loss.py)
+
 # ---- 2. CUDA parity tests of the three ops ---------------------------------------------------------
 open_stage cuda_tests
 if [ "$have_ext" -eq 1 ]; then
   # -v: every finished test is in the log even if the box runs out; a module that cannot be
   # imported here (e.g. numpy missing) does not stop the others.
   # Most telling first: the GPU-only suites, then the shared cpu/cuda suites of the three ops.
+  # shellcheck disable=SC2086  # PAIR_TESTS: zero or more paths, split on purpose
   run_boxed cuda_tests $PY -m pytest tests/test_ntxent_cuda.py tests/test_lars_cuda.py \
-    tests/test_ntxent.py tests/test_ntxent_precision.py tests/test_lars.py tests/test_color.py \
-    tests/test_resized_crop.py tests/test_blur.py tests/test_simclr_augment.py \
-    tests/test_jpeg_decode.py -m cuda -v -rfE -p no:cacheprovider --continue-on-collection-errors --durations=15 \
+    tests/test_ntxent.py $PAIR_TESTS tests/test_ntxent_precision.py tests/test_lars.py \
+    tests/test_color.py tests/test_resized_crop.py tests/test_blur.py tests/test_simclr_augment.py \
+    tests/test_jpeg_decode.py -m cuda -v -rfE -p no:cacheprovider --continue-on-collection-errors \
+    --durations=15 \
     --junitxml="$RES/cuda_tests.xml"
 else
   record cuda_tests "skipped (no extension)" 0 "$limit"
@@ -197,7 +205,7 @@ for tool in memcheck racecheck; do
   # Without the caching allocator every tensor is its own allocation, so an out-of-bounds
   # access past a tensor's end is caught.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_boxed "$tool" "$SAN" --tool "$tool" --error-exitcode 3 \
-    --target-processes all $PY -m pytest tests/test_ntxent_cuda.py tests/test_color.py \
+    --target-processes all $PY -m pytest tests/test_ntxent_cuda.py $PAIR_TESTS tests/test_color.py \
     tests/test_resized_crop.py tests/test_blur.py tests/test_simclr_augment.py \
     -m "cuda and sanitize" -v -x -p no:cacheprovider --continue-on-collection-errors
 done

@@ -10,6 +10,12 @@
 // Both apply the per-element formulas of ntxent_math.h (lse_merge/lse_push, pair_coeff,
 // normalize_backward, positive_col): the code the CPU kernel runs.
 //
+// Each kernel is written once, as a template over a loss policy (loss_policy.cuh): NT-Xent is
+// one policy, NT-Logistic and margin triplet (pair_loss.h; pair_forward_cuda and
+// pair_backward_cuda at the end of this file) are the others. The policy decides what a
+// similarity tile adds to a row's statistics (forward) and each logit's coefficient (backward);
+// loading, the products, splits and the normalization backward are shared.
+//
 // Backward, small D (up to 2 x 128 of D on tensor cores, one SIMT tile): a fused kernel writes
 // grad_u [R, D] in the accumulation dtype (one block per (row tile, D range), no atomics), then a
 // per-row kernel applies the normalization backward (it needs u . grad_u over the whole row).
@@ -35,7 +41,9 @@
 #include <utility>
 
 #include "ntxent/ntxent.h"
+#include "ntxent/loss_policy.cuh"
 #include "ntxent/ntxent_math.h"
+#include "ntxent/pair_loss.h"
 
 namespace simclr_ext {
 namespace ntxent {
@@ -327,15 +335,14 @@ struct Gemm2<float> {  // tf32 m16n8k8: the k order inside a step is permuted to
 };
 
 // Forward: one block per (64-row tile, column split); it sweeps the split's columns
-// [c_begin, c_end) and writes the partial LSE state (max, sum) of each row for that split, and
-// the positive logit from the one split that holds it. lse_finish_kernel merges the splits.
-// Splitting the columns only adds blocks when the row tiles alone cannot fill the GPU.
-template <typename T>
+// [c_begin, c_end) and hands each finished similarity tile to the loss policy (loss_policy.cuh:
+// the statistics the tile adds to each row), which writes each row's partial statistics for the
+// split at the end; a finish kernel merges the splits. Splitting the columns only adds blocks
+// when the row tiles alone cannot fill the GPU.
+template <typename T, typename Fwd>
 __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
     tc_forward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
-                      int D, int row_offset, float inv_tau, bool vec_ok, int split_cols,
-                      float* __restrict__ part_max, float* __restrict__ part_sum,
-                      float* __restrict__ pos_logit) {
+                      int D, int row_offset, bool vec_ok, int split_cols, Fwd pol) {
   using Tr = TcTraits<T>;
   __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
   __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
@@ -351,13 +358,13 @@ __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
 
   // This thread's two rows (g and g + 8 of its warp), their self and positive columns.
   int row[2], self_col[2], pos_col[2];
-  float run_max[2], run_sum[2];
+  typename Fwd::Row st[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = row0 + warp * 16 + g + 8 * h;
     self_col[h] = row_offset + row[h];
     pos_col[h] = positive_col_i32(row[h], R, row_offset);
-    lse_init(run_max[h], run_sum[h]);
+    pol.init(st[h], row[h], R);
   }
 
   // Step s loads chunk s % nk of the row tile and of column tile s / nk into buffer s & 1.
@@ -387,49 +394,14 @@ __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
       __syncthreads();
     }
 
-    // Online log-sum-exp over this tile, in fp32 registers. The tile max is reduced over the 4
-    // threads of a row (a quad), so they always share run_max and their partial sums can simply
-    // be added at the end. Masked logits are -inf; an all-masked tile has max -inf, and its
-    // terms are taken relative to 0 (not to -inf, which would give exp(nan)) so its sum is 0
-    // and lse_merge skips it. NaN logits are skipped by fmaxf but make the sum NaN: NaN out.
+    // Thread (g, t4) holds acc[nt][2h + e] = u_row[h] . u_col(col0 + 8 nt + 2 t4 + e).
     const int col0 = c_begin + j * kTcCols;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float s[16];
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = col0 + nt * 8 + 2 * t4 + e;
-          float v = acc[nt][2 * h + e] * inv_tau;
-          // The positive is in exactly one split: one writer per row.
-          if (c == pos_col[h] && c < c_end && row[h] < R) pos_logit[row[h]] = v;
-          // self and positive excluded exactly: the sum runs over the negatives, and
-          // lse_finish_kernel adds the positive back (loss_from_negatives)
-          if (c >= c_end || c == self_col[h] || c == pos_col[h]) v = -INFINITY;
-          s[2 * nt + e] = v;
-          tile_max = fmaxf(tile_max, v);
-        }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float ref = tile_max == -INFINITY ? 0.f : tile_max;
-      float tile_sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) tile_sum += exp_acc(s[i] - ref);
-      lse_merge(run_max[h], run_sum[h], tile_max, tile_sum);
-    }
+    for (int h = 0; h < 2; ++h)
+      pol.tile(st[h], acc, h, col0, t4, c_end, row[h], self_col[h], pos_col[h], R);
   }
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float total = run_sum[h] + __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
-    total += __shfl_xor_sync(0xffffffffu, total, 2);
-    if (t4 == 0 && row[h] < R) {
-      const int64_t at = static_cast<int64_t>(blockIdx.y) * R + row[h];
-      part_max[at] = run_max[h];
-      part_sum[at] = total;
-    }
-  }
+  for (int h = 0; h < 2; ++h) pol.write(st[h], t4, row[h], R);
 }
 
 // Merges the column splits of each row: lse = LSE over splits, loss = lse - positive logit.
@@ -455,25 +427,66 @@ __global__ void __launch_bounds__(256)
   row_loss[r] = loss;
 }
 
+// Pair losses, tensor-core forward: merges the column splits of each row in order (integer
+// counts, so exactly) and writes its loss and state (loss_policy.cuh: pair_write_row).
+template <typename Rule>
+__global__ void __launch_bounds__(256)
+    pair_finish_kernel(Rule rule, const float* __restrict__ cos_pos,
+                       const float* __restrict__ part_sum, const int* __restrict__ part_count,
+                       const int* __restrict__ part_active, int R, int splits,
+                       float* __restrict__ row_loss, float* __restrict__ row_state) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= R) return;
+  float sum = 0.f;
+  int count = 0, active = 0;
+  for (int sp = 0; sp < splits; ++sp) {
+    const int64_t at = static_cast<int64_t>(sp) * R + r;
+    sum += part_sum[at];
+    count += part_count[at];
+    active += part_active[at];
+  }
+  pair_write_row(rule, r, cos_pos[r], sum, count, active, row_loss, row_state);
+}
+
+// Pair losses: c_pos of each row, u_i . u_pos(i) in the accumulation dtype, one warp per row
+// (the semi-hard sets and the positive term need it before the column sweep). The lanes' order
+// of the sum does not depend on which of the two rows of a pair asks, and products commute, so
+// both rows of a pair get the same bits.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(256)
+    pair_cos_pos_kernel(const scalar_t* __restrict__ u_rows, const scalar_t* __restrict__ u_cols,
+                        int R, int D, int row_offset, acc_t* __restrict__ cos_pos) {
+  const int lane = threadIdx.x & 31;
+  const int r = blockIdx.x * (256 / 32) + (threadIdx.x >> 5);
+  if (r >= R) return;
+  const scalar_t* a = u_rows + static_cast<int64_t>(r) * D;
+  const scalar_t* b = u_cols + static_cast<int64_t>(positive_col_i32(r, R, row_offset)) * D;
+  acc_t dot = acc_t(0);
+  for (int d = lane; d < D; d += 32) dot += static_cast<acc_t>(a[d]) * static_cast<acc_t>(b[d]);
+#pragma unroll
+  for (int off = 16; off >= 1; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+  if (lane == 0) cos_pos[r] = dot;
+}
+
 // Fused backward (D up to kTcFusedMaxDRanges x 128), first stage:
 //   grad_part[split z][rows of this tile, D range of blockIdx.y] =
-//   1/tau sum_{m in split z} coef_im u_m,  coef_im = w_i P_im + w_m P_mi,
-// minus (w_i + w_m) at m = pos(i), coefficient 0 at m = i exactly. The coefficients go through
-// a 16-bit (or tf32) operand, so they are scaled by kCoefScale / max|w| first and the product
-// is scaled back in fp32 (see kCoefScale). Folding the positive term into the coefficient
-// cancels w (P - 1) in fp32 before rounding. Each block recomputes the similarity tile over all
-// of D for its own D range, which is why large D goes to the two-stage backward instead.
-template <typename T>
+//   grad_scale sum_{m in split z} coef_im u_m,  coef_im the policy's (NT-Xent:
+//   w_i P_im + w_m P_mi, grad_scale 1/tau),
+// with coefficient 0 at m = i and at m = pos(i) exactly (the positive's term is added by
+// normalize_backward_kernel). The coefficients go through a 16-bit (or tf32) operand, so they
+// are scaled by kCoefScale / max|w| first and the product is scaled back in fp32 (see
+// kCoefScale; every policy's |coefficient| is at most 2 max|w|). Each block recomputes the
+// similarity tile over all of D for its own D range, which is why large D goes to the two-stage
+// backward instead.
+template <typename T, typename Coef>
 __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
     tc_backward_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
-                       int D, int row_offset, float inv_tau, bool vec_ok,
-                       const float* __restrict__ row_lse, const float* __restrict__ col_lse,
-                       const float* __restrict__ row_weight,
-                       const float* __restrict__ col_weight,
+                       int D, int row_offset, bool vec_ok,
                        const float* __restrict__ weight_absmax, int split_cols,
-                       float* __restrict__ grad_part) {
+                       float* __restrict__ grad_part, Coef pol) {
   using Tr = TcTraits<T>;
   using G2 = Gemm2<T>;
+  using Side = typename Coef::Side;
   constexpr int kNV = Tr::kGradChunks;
   __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
   __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
@@ -494,14 +507,13 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
   const float coef_scale = kCoefScale / unit;
 
   int row[2], self_col[2], pos_col[2];
-  float lse_r[2], w_r[2];
+  Side side_r[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = row0 + warp * 16 + g + 8 * h;
     self_col[h] = row_offset + row[h];
     pos_col[h] = positive_col_i32(row[h], R, row_offset);
-    lse_r[h] = row[h] < R ? row_lse[row[h]] : 0.f;
-    w_r[h] = row[h] < R ? row_weight[row[h]] : 0.f;
+    side_r[h] = row[h] < R ? pol.row(row[h]) : Side{0.f, 0.f};
   }
 
   float grad[kNV][G2::kDTiles][4];
@@ -555,15 +567,12 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
         for (int e = 0; e < 2; ++e) {
           const int c = col0 + nt * 8 + 2 * t4 + e;
           const bool col_ok = c < c_end;
-          const float lse_m = col_ok ? col_lse[c] : 0.f;
-          const float w_m = col_ok ? col_weight[c] : 0.f;
+          const Side side_m = col_ok ? pol.col(c) : Side{0.f, 0.f};
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float coeff = 0.f;
-            if (col_ok && row[h] < R && c != self_col[h] && c != pos_col[h]) {
-              const float s = acc[nt][2 * h + e] * inv_tau;
-              coeff = pair_coeff(s, lse_r[h], lse_m, w_r[h], w_m);
-            }
+            if (col_ok && row[h] < R && c != self_col[h] && c != pos_col[h])
+              coeff = pol.coeff(acc[nt][2 * h + e], side_r[h], side_m);
             acc[nt][2 * h + e] = coeff * coef_scale;
           }
         }
@@ -580,7 +589,7 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
     }
   }
 
-  const float out_scale = unit / kCoefScale * inv_tau;
+  const float out_scale = unit / kCoefScale * pol.grad_scale();
   float* grad_u = grad_part + static_cast<int64_t>(blockIdx.z) * R * D;  // this split's slice
 #pragma unroll
   for (int v = 0; v < kNV; ++v)
@@ -600,18 +609,16 @@ __global__ void __launch_bounds__(kTcThreads, kBackwardMinBlocks)
 // row_begin + 64 blockIdx.y + [0, 64) and columns 64 blockIdx.x + [0, 64), from one similarity
 // pass over all of D, stored into coef [row_end - row_begin, C] (row-major, row i - row_begin):
 // as T scaled by kCoefScale / max|w| for 16-bit T, as fp32 for fp32 (TF32) inputs. The second
-// stage is one GEMM per wave of rows, grad_u = coef x u_cols (at::mm, fp32 output). Same masks
-// and positive fold as the fused kernel; rows outside [row_begin, row_end) are never written.
-template <typename T>
+// stage is one GEMM per wave of rows, grad_u = coef x u_cols (at::mm, fp32 output). Same policy
+// and masks as the fused kernel; rows outside [row_begin, row_end) are never written.
+template <typename T, typename Coef>
 __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
     tc_coef_kernel(const T* __restrict__ u_rows, const T* __restrict__ u_cols, int R, int C,
-                   int D, int row_offset, int row_begin, int row_end, float inv_tau,
-                   bool vec_ok, const float* __restrict__ row_lse,
-                   const float* __restrict__ col_lse, const float* __restrict__ row_weight,
-                   const float* __restrict__ col_weight,
+                   int D, int row_offset, int row_begin, int row_end, bool vec_ok,
                    const float* __restrict__ weight_absmax,
-                   typename TcTraits<T>::Bits* __restrict__ coef) {
+                   typename TcTraits<T>::Bits* __restrict__ coef, Coef pol) {
   using Tr = TcTraits<T>;
+  using Side = typename Coef::Side;
   __shared__ __align__(128) unsigned char a_tiles[2][kTileBytes];
   __shared__ __align__(128) unsigned char b_tiles[2][kTileBytes];
 
@@ -625,14 +632,13 @@ __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
       sizeof(typename Tr::Bits) == 2 ? kCoefScale / weight_unit(weight_absmax) : 1.f;
 
   int row[2], self_col[2], pos_col[2];
-  float lse_r[2], w_r[2];
+  Side side_r[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = row0 + warp * 16 + g + 8 * h;
     self_col[h] = row_offset + row[h];
     pos_col[h] = positive_col_i32(row[h], R, row_offset);
-    lse_r[h] = row[h] < row_end ? row_lse[row[h]] : 0.f;
-    w_r[h] = row[h] < row_end ? row_weight[row[h]] : 0.f;
+    side_r[h] = row[h] < row_end ? pol.row(row[h]) : Side{0.f, 0.f};
   }
 
   float acc[8][4];
@@ -663,14 +669,13 @@ __global__ void __launch_bounds__(kTcThreads, TcTraits<T>::kForwardMinBlocks)
     for (int e = 0; e < 2; ++e) {
       const int c = col0 + nt * 8 + 2 * t4 + e;
       if (c >= C) continue;
-      const float lse_m = col_lse[c];
-      const float w_m = col_weight[c];
+      const Side side_m = pol.col(c);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         if (row[h] >= row_end) continue;
         float coeff = 0.f;
         if (c != self_col[h] && c != pos_col[h])
-          coeff = pair_coeff(acc[nt][2 * h + e] * inv_tau, lse_r[h], lse_m, w_r[h], w_m);
+          coeff = pol.coeff(acc[nt][2 * h + e], side_r[h], side_m);
         coef[static_cast<int64_t>(row[h] - row_begin) * C + c] = Tr::to_bits(coeff * coef_scale);
       }
     }
@@ -744,26 +749,27 @@ __device__ __forceinline__ void simt_tile_dot(acc_t (&acc)[TILE / 16][TILE / 16]
   }
 }
 
-template <typename scalar_t, typename acc_t, int TILE>
+// Forward: one block per row tile, sweeping every column tile; each logit goes to the loss
+// policy (loss_policy.cuh), then the 16 partial states of a row are merged and the row finished.
+template <typename scalar_t, typename acc_t, int TILE, typename Fwd>
 __global__ void __launch_bounds__(kSimtThreads, 1)
     simt_forward_kernel(const scalar_t* __restrict__ u_rows, const scalar_t* __restrict__ u_cols,
-                        int R, int C, int D, int row_offset, acc_t inv_tau,
-                        acc_t* __restrict__ row_loss, acc_t* __restrict__ row_lse) {
+                        int R, int C, int D, int row_offset, Fwd pol) {
   constexpr int TM = TILE / 16;
   __shared__ acc_t a_s[kSimtK][TILE + 1];
   __shared__ acc_t b_s[kSimtK][TILE + 1];
-  __shared__ acc_t s_pos[TILE];
+  __shared__ acc_t s_pos[TILE];  // NT-Xent's positive logits (unused, so absent, for the others)
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int row0 = blockIdx.x * TILE;
 
   int self_col[TM], pos_col[TM];
-  acc_t run_max[TM], run_sum[TM];
+  typename Fwd::Row st[TM];
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int r = row0 + ty + 16 * i;
     self_col[i] = row_offset + r;
     pos_col[i] = positive_col_i32(r, R, row_offset);
-    lse_init(run_max[i], run_sum[i]);
+    pol.init(st[i], r, R);
   }
 
   for (int col0 = 0; col0 < C; col0 += TILE) {
@@ -775,47 +781,32 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
       for (int j = 0; j < TM; ++j) {
         const int c = col0 + tx + 16 * j;
         if (c >= C) continue;
-        const acc_t s = acc[i][j] * inv_tau;
-        if (c == pos_col[i]) s_pos[ty + 16 * i] = s;
-        // self and positive excluded exactly; the positive is added back below
-        if (c != self_col[i] && c != pos_col[i]) lse_push(run_max[i], run_sum[i], s);
+        pol.logit(st[i], acc[i][j], c, self_col[i], pos_col[i], &s_pos[ty + 16 * i]);
       }
   }
   // Merge the 16 partial states of a row (lanes tx = 0..15 of one half-warp).
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int off = 8; off >= 1; off >>= 1) {
-      const acc_t other_max = __shfl_xor_sync(0xffffffffu, run_max[i], off);
-      const acc_t other_sum = __shfl_xor_sync(0xffffffffu, run_sum[i], off);
-      lse_merge(run_max[i], run_sum[i], other_max, other_sum);
-    }
+    for (int off = 8; off >= 1; off >>= 1) pol.merge(st[i], off);
   __syncthreads();  // s_pos writes (after the last tile's loop barrier) visible to tx == 0
   if (tx == 0) {
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int r = row0 + ty + 16 * i;
-      if (r < R) {
-        // No positive column (the memory bank): the lse over the columns is the result.
-        acc_t loss, lse = lse_value(run_max[i], run_sum[i]);
-        if (row_offset + R <= C)
-          loss_from_negatives(lse, s_pos[ty + 16 * i], loss, lse);
-        else
-          loss = lse;
-        row_lse[r] = lse;
-        row_loss[r] = loss;
-      }
+      if (r < R) pol.finish(st[i], r, R, C, row_offset, &s_pos[ty + 16 * i]);
     }
   }
 }
 
-template <typename scalar_t, typename acc_t, int TILE>
+// Fused SIMT backward: grad_u [rows of this tile, D tile of blockIdx.y] =
+// grad_scale sum_m coef_im u_m with the policy's coefficients, staged through shared memory.
+template <typename scalar_t, typename acc_t, int TILE, typename Coef>
 __global__ void __launch_bounds__(kSimtThreads, 1)
     simt_backward_kernel(const scalar_t* __restrict__ u_rows,
                          const scalar_t* __restrict__ u_cols, int R, int C, int D,
-                         int row_offset, acc_t inv_tau, const acc_t* __restrict__ row_lse,
-                         const acc_t* __restrict__ col_lse, const acc_t* __restrict__ row_weight,
-                         const acc_t* __restrict__ col_weight, acc_t* __restrict__ grad_u) {
+                         int row_offset, acc_t* __restrict__ grad_u, Coef pol) {
+  using Side = typename Coef::Side;
   constexpr int TM = TILE / 16;
   __shared__ acc_t a_s[kSimtK][TILE + 1];
   __shared__ acc_t b_s[kSimtK][TILE + 1];
@@ -825,14 +816,13 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
   const int d0 = blockIdx.y * TILE;
 
   int row[TM], self_col[TM], pos_col[TM];
-  acc_t lse_r[TM], w_r[TM];
+  Side side_r[TM];
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     row[i] = row0 + ty + 16 * i;
     self_col[i] = row_offset + row[i];
     pos_col[i] = positive_col_i32(row[i], R, row_offset);
-    lse_r[i] = row[i] < R ? row_lse[row[i]] : acc_t(0);
-    w_r[i] = row[i] < R ? row_weight[row[i]] : acc_t(0);
+    side_r[i] = row[i] < R ? pol.row(row[i]) : Side{acc_t(0), acc_t(0)};
   }
   acc_t grad[TM][TM];
 #pragma unroll
@@ -848,13 +838,12 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
     for (int j = 0; j < TM; ++j) {
       const int c = col0 + tx + 16 * j;
       const bool col_ok = c < C;
-      const acc_t lse_m = col_ok ? col_lse[c] : acc_t(0);
-      const acc_t w_m = col_ok ? col_weight[c] : acc_t(0);
+      const Side side_m = col_ok ? pol.col(c) : Side{acc_t(0), acc_t(0)};
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
         acc_t coeff = acc_t(0);
         if (col_ok && row[i] < R && c != self_col[i] && c != pos_col[i])
-          coeff = pair_coeff(acc[i][j] * inv_tau, lse_r[i], lse_m, w_r[i], w_m);
+          coeff = pol.coeff(acc[i][j], side_r[i], side_m);
         coef_s[ty + 16 * i][tx + 16 * j] = coeff;
       }
     }
@@ -881,7 +870,8 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
 #pragma unroll
     for (int j = 0; j < TM; ++j) {
       const int d = d0 + tx + 16 * j;
-      if (row[i] < R && d < D) grad_u[static_cast<int64_t>(row[i]) * D + d] = grad[i][j] * inv_tau;
+      if (row[i] < R && d < D) grad_u[static_cast<int64_t>(row[i]) * D + d] =
+            grad[i][j] * pol.grad_scale();
     }
 }
 
@@ -889,13 +879,12 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
 // row_begin + TILE blockIdx.y + [0, TILE) and columns TILE blockIdx.x + [0, TILE) from one
 // similarity pass over all of D, stored unscaled in the accumulation dtype into
 // coef [row_end - row_begin, C]; the second stage is one exact GEMM per wave (at::mm, TF32 off).
-template <typename scalar_t, typename acc_t, int TILE>
+template <typename scalar_t, typename acc_t, int TILE, typename Coef>
 __global__ void __launch_bounds__(kSimtThreads, 1)
     simt_coef_kernel(const scalar_t* __restrict__ u_rows, const scalar_t* __restrict__ u_cols,
                      int R, int C, int D, int row_offset, int row_begin, int row_end,
-                     acc_t inv_tau, const acc_t* __restrict__ row_lse,
-                     const acc_t* __restrict__ col_lse, const acc_t* __restrict__ row_weight,
-                     const acc_t* __restrict__ col_weight, acc_t* __restrict__ coef) {
+                     acc_t* __restrict__ coef, Coef pol) {
+  using Side = typename Coef::Side;
   constexpr int TM = TILE / 16;
   __shared__ acc_t a_s[kSimtK][TILE + 1];
   __shared__ acc_t b_s[kSimtK][TILE + 1];
@@ -910,14 +899,14 @@ __global__ void __launch_bounds__(kSimtThreads, 1)
     if (r >= row_end) continue;
     const int self_col = row_offset + r;
     const int pos_col = positive_col_i32(r, R, row_offset);
-    const acc_t lse_r = row_lse[r], w_r = row_weight[r];
+    const Side side_r = pol.row(r);
 #pragma unroll
     for (int j = 0; j < TM; ++j) {
       const int c = col0 + tx + 16 * j;  // 16 consecutive columns per half-warp: coalesced
       if (c >= C) continue;
       acc_t coeff = acc_t(0);
       if (c != self_col && c != pos_col)
-        coeff = pair_coeff(acc[i][j] * inv_tau, lse_r, col_lse[c], w_r, col_weight[c]);
+        coeff = pol.coeff(acc[i][j], side_r, pol.col(c));
       coef[static_cast<int64_t>(r - row_begin) * C + c] = coeff;
     }
   }
@@ -1041,14 +1030,35 @@ int split_columns(int C, int& splits) {
   return split_cols;
 }
 
+// Column splits of a tensor-core forward with policy Fwd; sets the columns per split.
+template <typename T, typename Fwd>
+int tc_forward_splits(int R, int C, int& split_cols) {
+  const int row_tiles = (R + kTcRows - 1) / kTcRows;
+  int splits =
+      column_splits(tc_forward_kernel<T, Fwd>, row_tiles, (C + kTcCols - 1) / kTcCols);
+  split_cols = split_columns(C, splits);
+  return splits;
+}
+
+template <typename T, typename Fwd>
+void launch_tc_forward_kernel(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                              int64_t row_offset, int splits, int split_cols, const Fwd& pol) {
+  const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
+  const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
+  const dim3 grid((R + kTcRows - 1) / kTcRows, splits);
+  check_grid(grid, D, "the tensor-core forward");
+  tc_forward_kernel<T, Fwd><<<grid, kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset), vec_ok,
+      split_cols, pol);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void launch_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
                        double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
-  const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
-  const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
-  const int row_tiles = (R + kTcRows - 1) / kTcRows;
-  int splits = column_splits(tc_forward_kernel<T>, row_tiles, (C + kTcCols - 1) / kTcCols);
-  const int split_cols = split_columns(C, splits);
+  const int R = u_rows.size(0), C = u_cols.size(0);
+  int split_cols = 0;
+  const int splits = tc_forward_splits<T, XentTcForward>(R, C, split_cols);
   const auto f32 = u_rows.options().dtype(at::kFloat);
   // Per split and row: running max and sum (every element written: each split has >= 1 tile).
   at::Tensor part_max = at::empty({splits, R}, f32);
@@ -1056,30 +1066,25 @@ void launch_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64
   at::Tensor pos_logit = at::empty({R}, f32);
   // The memory bank (rows past the last column) has no positive column: no pos_logit.
   float* pos_ptr = row_offset + R <= C ? pos_logit.data_ptr<float>() : nullptr;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(row_tiles, splits);
-  check_grid(grid, D, "the tensor-core forward");
-  tc_forward_kernel<T><<<grid, kTcThreads, 0, stream>>>(
-      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
-      static_cast<float>(1.0 / temperature), vec_ok, split_cols, part_max.data_ptr<float>(),
-      part_sum.data_ptr<float>(), pos_ptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  lse_finish_kernel<<<(R + 255) / 256, 256, 0, stream>>>(
+  launch_tc_forward_kernel<T>(u_rows, u_cols, row_offset, splits, split_cols,
+                              XentTcForward{static_cast<float>(1.0 / temperature),
+                                            part_max.data_ptr<float>(),
+                                            part_sum.data_ptr<float>(), pos_ptr});
+  lse_finish_kernel<<<(R + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
       part_max.data_ptr<float>(), part_sum.data_ptr<float>(), pos_ptr, R,
       splits, row_loss.data_ptr<float>(), row_lse.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename acc_t, int TILE>
+template <typename scalar_t, typename acc_t, int TILE, typename Fwd>
 void launch_simt_forward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
-                         double temperature, at::Tensor& row_loss, at::Tensor& row_lse) {
+                         const Fwd& pol) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const dim3 grid((R + TILE - 1) / TILE);
-  simt_forward_kernel<scalar_t, acc_t, TILE>
+  simt_forward_kernel<scalar_t, acc_t, TILE, Fwd>
       <<<grid, kSimtThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
-          static_cast<int>(row_offset), static_cast<acc_t>(1.0 / temperature),
-          row_loss.data_ptr<acc_t>(), row_lse.data_ptr<acc_t>());
+          static_cast<int>(row_offset), pol);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1113,18 +1118,20 @@ int64_t wave_rows(int64_t R, int64_t C, int64_t D, int64_t coef_bytes, int64_t a
   return std::max<int64_t>(rows, tile);
 }
 
-template <typename T>
+// The backward launchers below take the loss as a coefficient policy (loss_policy.cuh: XentCoef,
+// PairCoef) holding its device pointers; grad_scale is the policy's grad_scale() as a double,
+// for the normalization kernel where a launcher leaves the scaling to it.
+template <typename T, typename Coef>
 GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                             const at::Tensor& row_lse, const at::Tensor& col_lse,
-                             const at::Tensor& row_weight, const at::Tensor& col_weight,
                              const at::Tensor& weight_absmax, int64_t row_offset,
-                             double temperature) {
+                             const Coef& pol) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
   constexpr int kDRange = TcTraits<T>::kGradChunks * TcTraits<T>::kChunk;
   const int row_tiles = (R + kTcRows - 1) / kTcRows;
   const int d_ranges = (D + kDRange - 1) / kDRange;
-  int splits = column_splits(tc_backward_kernel<T>, static_cast<int64_t>(row_tiles) * d_ranges,
+  int splits = column_splits(tc_backward_kernel<T, Coef>,
+                             static_cast<int64_t>(row_tiles) * d_ranges,
                              (C + kTcCols - 1) / kTcCols);
   const int split_cols = split_columns(C, splits);
   // [splits, R, D] fp32, every element written once; splits * row_tiles * d_ranges <= resident
@@ -1132,11 +1139,9 @@ GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
   at::Tensor slices = at::empty({splits, R, D}, u_rows.options().dtype(at::kFloat));
   const dim3 grid(row_tiles, d_ranges, splits);
   check_grid(grid, D, "the fused tensor-core backward");
-  tc_backward_kernel<T><<<grid, kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
-      static_cast<float>(1.0 / temperature), vec_ok, row_lse.data_ptr<float>(),
-      col_lse.data_ptr<float>(), row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
-      weight_absmax.data_ptr<float>(), split_cols, slices.data_ptr<float>());
+  tc_backward_kernel<T, Coef><<<grid, kTcThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset), vec_ok,
+      weight_absmax.data_ptr<float>(), split_cols, slices.data_ptr<float>(), pol);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {slices, splits, at::Tensor(), 1.0};
 }
@@ -1146,13 +1151,10 @@ GradParts launch_tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
 // output (cuBLAS, fp32 accumulation). fp32 inputs come here only when TF32 was decided in the
 // forward; the GEMM follows the process-wide TF32 setting at this moment (TF32 unless it was
 // switched off since, which only makes it exact).
-template <typename T>
+template <typename T, typename Coef>
 GradParts launch_tc_backward_two_stage(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                       const at::Tensor& row_lse, const at::Tensor& col_lse,
-                                       const at::Tensor& row_weight,
-                                       const at::Tensor& col_weight,
                                        const at::Tensor& weight_absmax, int64_t row_offset,
-                                       double temperature) {
+                                       const Coef& pol, double grad_scale) {
   const int64_t R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const bool vec_ok = vec_aligned(u_rows) && vec_aligned(u_cols);
   const int64_t wave = wave_rows(R, C, D, sizeof(T), sizeof(float), kTcRows);
@@ -1163,13 +1165,11 @@ GradParts launch_tc_backward_two_stage(const at::Tensor& u_rows, const at::Tenso
     const int64_t rows = std::min<int64_t>(wave, R - r0);
     const dim3 grid((C + kTcCols - 1) / kTcCols, (rows + kTcRows - 1) / kTcRows);
     check_grid(grid, D, "the two-stage backward's coefficient kernel");
-    tc_coef_kernel<T><<<grid, kTcThreads, 0, stream>>>(
+    tc_coef_kernel<T, Coef><<<grid, kTcThreads, 0, stream>>>(
         u_rows.data_ptr<T>(), u_cols.data_ptr<T>(), R, C, D, static_cast<int>(row_offset),
-        static_cast<int>(r0), static_cast<int>(r0 + rows), static_cast<float>(1.0 / temperature),
-        vec_ok, row_lse.data_ptr<float>(), col_lse.data_ptr<float>(),
-        row_weight.data_ptr<float>(), col_weight.data_ptr<float>(),
+        static_cast<int>(r0), static_cast<int>(r0 + rows), vec_ok,
         weight_absmax.data_ptr<float>(),
-        reinterpret_cast<typename TcTraits<T>::Bits*>(coef.data_ptr()));
+        reinterpret_cast<typename TcTraits<T>::Bits*>(coef.data_ptr()), pol);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor out = grad_u.narrow(0, r0, rows);  // contiguous rows: written in place
     if constexpr (std::is_same_v<T, float>)
@@ -1179,57 +1179,50 @@ GradParts launch_tc_backward_two_stage(const at::Tensor& u_rows, const at::Tenso
   }
   // 16-bit coefficients were scaled by kCoefScale / max|w|; fp32 ones were not.
   const at::Tensor unit = std::is_same_v<T, float> ? at::Tensor() : weight_absmax;
-  return {grad_u, 1, unit, 1.0 / temperature};
+  return {grad_u, 1, unit, grad_scale};
 }
 
-template <typename T>
+// row_weight, col_weight: the upstream weights, whose max |w| is the coefficient scaling unit.
+template <typename T, typename Coef>
 GradParts tc_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                      const at::Tensor& row_lse, const at::Tensor& col_lse,
                       const at::Tensor& row_weight, const at::Tensor& col_weight,
-                      int64_t row_offset, double temperature) {
+                      int64_t row_offset, const Coef& pol, double grad_scale) {
   // Device-side max |w| (a 0-d tensor, no host sync): the coefficient scaling unit.
   const at::Tensor weight_absmax =
       at::maximum(row_weight.abs().amax(), col_weight.abs().amax()).contiguous();
   constexpr int64_t kDRange = TcTraits<T>::kGradChunks * TcTraits<T>::kChunk;
   const int64_t D = u_rows.size(1);
   if ((D + kDRange - 1) / kDRange <= kTcFusedMaxDRanges)
-    return launch_tc_backward<T>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
-                                 weight_absmax, row_offset, temperature);
-  return launch_tc_backward_two_stage<T>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                         col_weight, weight_absmax, row_offset, temperature);
+    return launch_tc_backward<T>(u_rows, u_cols, weight_absmax, row_offset, pol);
+  return launch_tc_backward_two_stage<T>(u_rows, u_cols, weight_absmax, row_offset, pol,
+                                         grad_scale);
 }
 
-template <typename scalar_t, typename acc_t, int TILE>
+template <typename scalar_t, typename acc_t, int TILE, typename Coef>
 GradParts launch_simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                               const at::Tensor& row_lse, const at::Tensor& col_lse,
-                               const at::Tensor& row_weight, const at::Tensor& col_weight,
-                               int64_t row_offset, double temperature) {
+                               int64_t row_offset, const Coef& pol) {
   const int R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   // [R, D] in the accumulation dtype, every element written by the kernel.
   const auto acc = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
   at::Tensor grad_u = at::empty({R, D}, u_rows.options().dtype(acc));
   const dim3 grid((R + TILE - 1) / TILE, (D + TILE - 1) / TILE);
   check_grid(grid, D, "the fused SIMT backward");
-  simt_backward_kernel<scalar_t, acc_t, TILE>
+  simt_backward_kernel<scalar_t, acc_t, TILE, Coef>
       <<<grid, kSimtThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
-          static_cast<int>(row_offset), static_cast<acc_t>(1.0 / temperature),
-          row_lse.data_ptr<acc_t>(), col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(),
-          col_weight.data_ptr<acc_t>(), grad_u.data_ptr<acc_t>());
+          static_cast<int>(row_offset), grad_u.data_ptr<acc_t>(), pol);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_u, 1, at::Tensor(), 1.0};
 }
 
 // Two-stage backward on the SIMT path (exact fp32, fp64): per wave, simt_coef_kernel writes
 // the coefficients in the accumulation dtype, then one exact GEMM grad_u[rows] = coef x u_cols
-// (TF32 off for it whatever the process-wide setting: this is the exact path); 1/tau is applied
-// by the normalization kernel.
-template <typename scalar_t, typename acc_t, int TILE>
+// (TF32 off for it whatever the process-wide setting: this is the exact path); grad_scale is
+// applied by the normalization kernel.
+template <typename scalar_t, typename acc_t, int TILE, typename Coef>
 GradParts launch_simt_backward_two_stage(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                         const at::Tensor& row_lse, const at::Tensor& col_lse,
-                                         const at::Tensor& row_weight,
-                                         const at::Tensor& col_weight, int64_t row_offset,
-                                         double temperature) {
+                                         int64_t row_offset, const Coef& pol,
+                                         double grad_scale) {
   static_assert(std::is_same_v<scalar_t, acc_t>, "the SIMT path runs fp32 and fp64 only");
   const int64_t R = u_rows.size(0), C = u_cols.size(0), D = u_rows.size(1);
   const int64_t wave = wave_rows(R, C, D, sizeof(acc_t), sizeof(acc_t), TILE);
@@ -1241,30 +1234,63 @@ GradParts launch_simt_backward_two_stage(const at::Tensor& u_rows, const at::Ten
     const int64_t rows = std::min<int64_t>(wave, R - r0);
     const dim3 grid((C + TILE - 1) / TILE, (rows + TILE - 1) / TILE);
     check_grid(grid, D, "the two-stage backward's coefficient kernel");
-    simt_coef_kernel<scalar_t, acc_t, TILE><<<grid, kSimtThreads, 0, stream>>>(
+    simt_coef_kernel<scalar_t, acc_t, TILE, Coef><<<grid, kSimtThreads, 0, stream>>>(
         u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, C, D,
         static_cast<int>(row_offset), static_cast<int>(r0), static_cast<int>(r0 + rows),
-        static_cast<acc_t>(1.0 / temperature), row_lse.data_ptr<acc_t>(),
-        col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(), col_weight.data_ptr<acc_t>(),
-        coef.data_ptr<acc_t>());
+        coef.data_ptr<acc_t>(), pol);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor out = grad_u.narrow(0, r0, rows);
     at::mm_out(out, coef.narrow(0, 0, rows), u_cols);
   }
-  return {grad_u, 1, at::Tensor(), 1.0 / temperature};
+  return {grad_u, 1, at::Tensor(), grad_scale};
 }
 
-template <typename scalar_t, typename acc_t, int TILE>
-GradParts simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                        const at::Tensor& row_lse, const at::Tensor& col_lse,
-                        const at::Tensor& row_weight, const at::Tensor& col_weight,
-                        int64_t row_offset, double temperature) {
+template <typename scalar_t, typename acc_t, int TILE, typename Coef>
+GradParts simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
+                        const Coef& pol, double grad_scale) {
   if (u_rows.size(1) <= int64_t(TILE) * kSimtFusedMaxDRanges)
-    return launch_simt_backward<scalar_t, acc_t, TILE>(u_rows, u_cols, row_lse, col_lse,
-                                                       row_weight, col_weight, row_offset,
-                                                       temperature);
-  return launch_simt_backward_two_stage<scalar_t, acc_t, TILE>(
-      u_rows, u_cols, row_lse, col_lse, row_weight, col_weight, row_offset, temperature);
+    return launch_simt_backward<scalar_t, acc_t, TILE>(u_rows, u_cols, row_offset, pol);
+  return launch_simt_backward_two_stage<scalar_t, acc_t, TILE>(u_rows, u_cols, row_offset, pol,
+                                                               grad_scale);
+}
+
+// grad_u of any loss, by path (the one its forward took): fp64 and exact fp32 on the SIMT
+// path, 16-bit and TF32 fp32 on tensor cores.
+template <typename scalar_t, typename Coef>
+GradParts grad_parts(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                     const at::Tensor& row_weight, const at::Tensor& col_weight,
+                     int64_t row_offset, bool tf32, const Coef& pol, double grad_scale) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return simt_backward<double, double, 32>(u_rows, u_cols, row_offset, pol, grad_scale);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tf32)
+      return tc_backward<float>(u_rows, u_cols, row_weight, col_weight, row_offset, pol,
+                                grad_scale);
+    return simt_backward<float, float, 64>(u_rows, u_cols, row_offset, pol, grad_scale);
+  } else {
+    return tc_backward<scalar_t>(u_rows, u_cols, row_weight, col_weight, row_offset, pol,
+                                 grad_scale);
+  }
+}
+
+// grad_z = normalization backward of (grad_u - pos_coef u_pos), one warp per row; pos_coef
+// undefined for the memory bank (no positive column).
+template <typename scalar_t, typename acc_t>
+void launch_normalize_backward(const GradParts& parts, const at::Tensor& u_rows,
+                               const at::Tensor& u_cols, const at::Tensor& norm_rows,
+                               int64_t row_offset, const at::Tensor& pos_coef,
+                               at::Tensor& grad_z) {
+  const int R = u_rows.size(0), D = u_rows.size(1);
+  const dim3 grid((R + kNormThreads / 32 - 1) / (kNormThreads / 32));
+  normalize_backward_kernel<scalar_t, acc_t>
+      <<<grid, kNormThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<scalar_t>(), parts.slices.data_ptr<acc_t>(), parts.splits,
+          norm_rows.data_ptr<acc_t>(), R, D,
+          parts.weight_absmax.defined() ? parts.weight_absmax.data_ptr<float>() : nullptr,
+          static_cast<acc_t>(parts.grad_scale), u_cols.data_ptr<scalar_t>(),
+          static_cast<int>(row_offset),
+          pos_coef.defined() ? pos_coef.data_ptr<acc_t>() : nullptr, grad_z.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // tf32: the precision decision, taken once by the forward's caller and passed to the backward
@@ -1272,15 +1298,16 @@ GradParts simt_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
 template <typename scalar_t>
 void forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
                   double temperature, bool tf32, at::Tensor& row_loss, at::Tensor& row_lse) {
+  using acc_t = accumulation_t<scalar_t>;
+  const XentSimtForward<acc_t> simt{static_cast<acc_t>(1.0 / temperature),
+                                    row_loss.data_ptr<acc_t>(), row_lse.data_ptr<acc_t>()};
   if constexpr (std::is_same_v<scalar_t, double>) {
-    launch_simt_forward<double, double, 32>(u_rows, u_cols, row_offset, temperature, row_loss,
-                                            row_lse);
+    launch_simt_forward<double, double, 32>(u_rows, u_cols, row_offset, simt);
   } else if constexpr (std::is_same_v<scalar_t, float>) {
     if (tf32)
       launch_tc_forward<float>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
     else
-      launch_simt_forward<float, float, 64>(u_rows, u_cols, row_offset, temperature, row_loss,
-                                            row_lse);
+      launch_simt_forward<float, float, 64>(u_rows, u_cols, row_offset, simt);
   } else {
     launch_tc_forward<scalar_t>(u_rows, u_cols, row_offset, temperature, row_loss, row_lse);
   }
@@ -1292,23 +1319,13 @@ void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                    const at::Tensor& col_lse, const at::Tensor& row_weight,
                    const at::Tensor& col_weight, const at::Tensor& row_loss,
                    int64_t row_offset, double temperature, bool tf32, at::Tensor& grad_z) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  GradParts parts;
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    parts = simt_backward<double, double, 32>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                              col_weight, row_offset, temperature);
-  } else if constexpr (std::is_same_v<scalar_t, float>) {
-    if (tf32)
-      parts = tc_backward<float>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
-                                 row_offset, temperature);
-    else
-      parts = simt_backward<float, float, 64>(u_rows, u_cols, row_lse, col_lse, row_weight,
-                                              col_weight, row_offset, temperature);
-  } else {
-    parts = tc_backward<scalar_t>(u_rows, u_cols, row_lse, col_lse, row_weight, col_weight,
-                                  row_offset, temperature);
-  }
-  const int R = u_rows.size(0), D = u_rows.size(1);
+  using acc_t = accumulation_t<scalar_t>;
+  const XentCoef<acc_t> pol{static_cast<acc_t>(1.0 / temperature), row_lse.data_ptr<acc_t>(),
+                            col_lse.data_ptr<acc_t>(), row_weight.data_ptr<acc_t>(),
+                            col_weight.data_ptr<acc_t>()};
+  const GradParts parts = grad_parts<scalar_t>(u_rows, u_cols, row_weight, col_weight,
+                                               row_offset, tf32, pol, 1.0 / temperature);
+  const int R = u_rows.size(0);
   // The positive's coefficient per row, (w_i q_i + w_pos q_pos) / tau with q = 1 - P_pos from
   // the forward's loss (or lse - s_pos when the caller has none); none for the memory bank
   // (row_offset past the last column: no positive column).
@@ -1328,16 +1345,124 @@ void backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
                    .to(row_lse.scalar_type())
                    .contiguous();
   }
-  const dim3 grid((R + kNormThreads / 32 - 1) / (kNormThreads / 32));
-  normalize_backward_kernel<scalar_t, acc_t>
-      <<<grid, kNormThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          u_rows.data_ptr<scalar_t>(), parts.slices.data_ptr<acc_t>(), parts.splits,
-          norm_rows.data_ptr<acc_t>(), R, D,
-          parts.weight_absmax.defined() ? parts.weight_absmax.data_ptr<float>() : nullptr,
-          static_cast<acc_t>(parts.grad_scale), u_cols.data_ptr<scalar_t>(),
-          static_cast<int>(row_offset),
-          pos_coef.defined() ? pos_coef.data_ptr<acc_t>() : nullptr, grad_z.data_ptr<scalar_t>());
+  launch_normalize_backward<scalar_t, acc_t>(parts, u_rows, u_cols, norm_rows, row_offset,
+                                             pos_coef, grad_z);
+}
+
+// ============================================================================================
+// NT-Logistic and margin triplet (pair_loss.h): the same kernels with the pair policies
+// ============================================================================================
+template <typename Rule>
+Rule make_rule(const PairLossParams& params) {
+  using acc_t = typename Rule::acc_t;
+  if constexpr (std::is_same_v<Rule, LogisticRule<acc_t>>)
+    return Rule{static_cast<acc_t>(1.0 / params.temperature), params.semi_hard};
+  else
+    return Rule{static_cast<acc_t>(params.margin), params.semi_hard};
+}
+
+template <typename T, typename Rule>
+void launch_pair_tc_forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                            int64_t row_offset, const Rule& rule, const at::Tensor& cos_pos,
+                            at::Tensor& row_loss, at::Tensor& row_state) {
+  using Fwd = PairTcForward<Rule>;
+  const int R = u_rows.size(0), C = u_cols.size(0);
+  int split_cols = 0;
+  const int splits = tc_forward_splits<T, Fwd>(R, C, split_cols);
+  // Per split and row (every element written: each split has >= 1 tile).
+  at::Tensor part_sum = at::empty({splits, R}, u_rows.options().dtype(at::kFloat));
+  at::Tensor part_count = at::empty({splits, R}, u_rows.options().dtype(at::kInt));
+  at::Tensor part_active = at::empty({splits, R}, u_rows.options().dtype(at::kInt));
+  launch_tc_forward_kernel<T>(
+      u_rows, u_cols, row_offset, splits, split_cols,
+      Fwd{rule, cos_pos.data_ptr<float>(), part_sum.data_ptr<float>(),
+          part_count.data_ptr<int>(), part_active.data_ptr<int>()});
+  pair_finish_kernel<Rule><<<(R + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      rule, cos_pos.data_ptr<float>(), part_sum.data_ptr<float>(), part_count.data_ptr<int>(),
+      part_active.data_ptr<int>(), R, splits, row_loss.data_ptr<float>(),
+      row_state.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, template <typename> class RuleT>
+void pair_forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
+                       const PairLossParams& params, bool tf32, at::Tensor& row_loss,
+                       at::Tensor& row_state) {
+  using acc_t = accumulation_t<scalar_t>;
+  using Rule = RuleT<acc_t>;
+  const Rule rule = make_rule<Rule>(params);
+  const int R = u_rows.size(0), D = u_rows.size(1);
+  at::Tensor cos_pos = at::empty({R}, row_loss.options());
+  pair_cos_pos_kernel<scalar_t, acc_t>
+      <<<(R + 7) / 8, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+          u_rows.data_ptr<scalar_t>(), u_cols.data_ptr<scalar_t>(), R, D,
+          static_cast<int>(row_offset), cos_pos.data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const PairSimtForward<Rule> simt{rule, cos_pos.data_ptr<acc_t>(), row_loss.data_ptr<acc_t>(),
+                                   row_state.data_ptr<acc_t>()};
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    launch_simt_forward<double, double, 32>(u_rows, u_cols, row_offset, simt);
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    if (tf32)
+      launch_pair_tc_forward<float>(u_rows, u_cols, row_offset, rule, cos_pos, row_loss,
+                                    row_state);
+    else
+      launch_simt_forward<float, float, 64>(u_rows, u_cols, row_offset, simt);
+  } else {
+    launch_pair_tc_forward<scalar_t>(u_rows, u_cols, row_offset, rule, cos_pos, row_loss,
+                                     row_state);
+  }
+}
+
+// a_k = w_k / |M_k| (0 for an empty M_k, which has no negative terms to differentiate).
+at::Tensor per_member_weight(const at::Tensor& state, const at::Tensor& weight) {
+  const at::Tensor count = state.select(1, kStateCount);
+  return at::where(count > 0, weight / count.clamp_min(1), at::zeros_like(weight)).contiguous();
+}
+
+template <typename scalar_t, template <typename> class RuleT>
+void pair_backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                        const at::Tensor& norm_rows, const at::Tensor& row_state,
+                        const at::Tensor& col_state, const at::Tensor& row_weight,
+                        const at::Tensor& col_weight, int64_t row_offset,
+                        const PairLossParams& params, bool tf32, at::Tensor& grad_z) {
+  using acc_t = accumulation_t<scalar_t>;
+  using Rule = RuleT<acc_t>;
+  const Rule rule = make_rule<Rule>(params);
+  const at::Tensor row_cpos = row_state.select(1, kStateCosPos).contiguous();
+  const at::Tensor col_cpos = col_state.select(1, kStateCosPos).contiguous();
+  const at::Tensor row_a = per_member_weight(row_state, row_weight);
+  const at::Tensor col_a = per_member_weight(col_state, col_weight);
+  const PairCoef<Rule> pol{rule, row_cpos.data_ptr<acc_t>(), col_cpos.data_ptr<acc_t>(),
+                           row_a.data_ptr<acc_t>(), col_a.data_ptr<acc_t>()};
+  const double grad_scale =
+      params.kind == PairLossKind::kLogistic ? 1.0 / params.temperature : 1.0;
+  const GradParts parts = grad_parts<scalar_t>(u_rows, u_cols, row_weight, col_weight,
+                                               row_offset, tf32, pol, grad_scale);
+
+  // The positive u_pos(i) in dPhi/du_i, from both rows of the pair (masked in the tiles):
+  //   logistic: -(w_i sigmoid(-s_i,pos) + w_pos sigmoid(-s_pos,i)) / tau
+  //   margin:   -(a_i active_i + a_pos active_pos), a = w / |M|
+  // normalize_backward_kernel subtracts pos_coef u_pos, so pos_coef is minus these.
+  const int R = u_rows.size(0);
+  const at::Tensor idx = at::arange(R, row_state.options().dtype(at::kLong));
+  const at::Tensor pos_col = (idx + R / 2).remainder(R) + row_offset;
+  at::Tensor pos_coef;
+  if (params.kind == PairLossKind::kLogistic) {
+    const double inv_tau = 1.0 / params.temperature;
+    const at::Tensor w_pos = col_weight.index_select(0, pos_col);
+    const at::Tensor cpos_pos = col_cpos.index_select(0, pos_col);
+    pos_coef = (row_weight * at::sigmoid(row_cpos * -inv_tau) +
+                w_pos * at::sigmoid(cpos_pos * -inv_tau)) *
+               inv_tau;
+  } else {
+    const at::Tensor act_row = row_state.select(1, kStateActive);
+    const at::Tensor act_col = col_state.select(1, kStateActive).index_select(0, pos_col);
+    pos_coef = row_a * act_row + col_a.index_select(0, pos_col) * act_col;
+  }
+  pos_coef = pos_coef.to(row_state.scalar_type()).contiguous();
+  launch_normalize_backward<scalar_t, acc_t>(parts, u_rows, u_cols, norm_rows, row_offset,
+                                             pos_coef, grad_z);
 }
 
 }  // namespace
@@ -1370,6 +1495,59 @@ at::Tensor backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
       at::kHalf, at::kBFloat16, u_rows.scalar_type(), "nt_xent backward (CUDA)", [&] {
         backward_impl<scalar_t>(u_rows, u_cols, norm_rows, row_lse, col_lse, row_weight,
                                 col_weight, row_loss, row_offset, temperature, tf32, grad_z);
+      });
+  return grad_z;
+}
+
+namespace {
+// Pair losses need every row's positive among the columns (no memory bank form).
+void check_pair_layout(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset) {
+  check_sizes(u_rows, u_cols, row_offset);
+  TORCH_CHECK(row_offset >= 0 && row_offset + u_rows.size(0) <= u_cols.size(0),
+              "pair loss (CUDA): rows [row_offset, row_offset + R) = [", row_offset, ", ",
+              row_offset + u_rows.size(0), ") must lie within the ", u_cols.size(0), " columns");
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pair_forward_cuda(const at::Tensor& u_rows,
+                                                     const at::Tensor& u_cols, int64_t row_offset,
+                                                     const PairLossParams& params, bool tf32) {
+  const c10::cuda::CUDAGuard guard(u_rows.device());
+  check_pair_layout(u_rows, u_cols, row_offset);
+  const auto acc = accumulation_dtype(u_rows.scalar_type());
+  const int64_t R = u_rows.size(0);
+  at::Tensor row_loss = at::empty({R}, u_rows.options().dtype(acc));
+  at::Tensor row_state = at::empty({R, kPairStateCols}, u_rows.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, u_rows.scalar_type(), "pair loss forward (CUDA)", [&] {
+        if (params.kind == PairLossKind::kLogistic)
+          pair_forward_impl<scalar_t, LogisticRule>(u_rows, u_cols, row_offset, params, tf32,
+                                                    row_loss, row_state);
+        else
+          pair_forward_impl<scalar_t, MarginRule>(u_rows, u_cols, row_offset, params, tf32,
+                                                  row_loss, row_state);
+      });
+  return {row_loss, row_state};
+}
+
+at::Tensor pair_backward_cuda(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                              const at::Tensor& norm_rows, const at::Tensor& row_state,
+                              const at::Tensor& col_state, const at::Tensor& row_weight,
+                              const at::Tensor& col_weight, int64_t row_offset,
+                              const PairLossParams& params, bool tf32) {
+  const c10::cuda::CUDAGuard guard(u_rows.device());
+  check_pair_layout(u_rows, u_cols, row_offset);
+  at::Tensor grad_z = at::empty_like(u_rows, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, u_rows.scalar_type(), "pair loss backward (CUDA)", [&] {
+        if (params.kind == PairLossKind::kLogistic)
+          pair_backward_impl<scalar_t, LogisticRule>(u_rows, u_cols, norm_rows, row_state,
+                                                     col_state, row_weight, col_weight,
+                                                     row_offset, params, tf32, grad_z);
+        else
+          pair_backward_impl<scalar_t, MarginRule>(u_rows, u_cols, norm_rows, row_state,
+                                                   col_state, row_weight, col_weight,
+                                                   row_offset, params, tf32, grad_z);
       });
   return grad_z;
 }
