@@ -145,14 +145,13 @@ inline at::Tensor tile_view(at::Tensor& buf, int64_t rows, int64_t cols) {
 
 // ---- fp32 elementwise passes over a tile: exp fused with what follows it ----------------------
 // ATen's exp_ is a separate pass (~0.8 ns per element here); these loops do exp and the sums or
-// the coefficient product in one pass, vectorized by the compiler once per ISA (AVX-512, AVX2,
-// baseline x86-64) and picked at run time (elementwise_isa).
-
-// The passes are written on explicit GCC vectors of the ISA's native width (16 floats under
-// AVX-512, 8 under AVX2, 4 on baseline x86-64) rather than left to the auto-vectorizer: GCC
-// vectorized the scalar form only for AVX-512 (mask registers); under AVX2 the clamps and the NaN
-// select stayed branches and the loop scalar, ~7x slower (benchmarks/NOTES.md). Wider-than-native
-// vectors fare no better: GCC splits them with spills and scalar selects.
+// the coefficient product in one pass, compiled once per ISA and picked at run time
+// (elementwise_isa). They are written on explicit GCC vectors of the ISA's native width (16
+// floats under AVX-512, 8 under AVX2, 4 on baseline x86-64) rather than left to the
+// auto-vectorizer: GCC vectorized the scalar form only for AVX-512 (mask registers); under AVX2
+// the clamps and the NaN select stayed branches and the loop scalar, ~7x slower
+// (benchmarks/NOTES.md). Wider-than-native vectors fare no better: GCC splits them with spills
+// and scalar selects.
 template <int W>
 struct Vec {
   typedef float f __attribute__((vector_size(4 * W)));
@@ -281,7 +280,7 @@ __attribute__((always_inline)) inline void pair_coeff_shifted_f32_body(float* s,
 // what an AVX2-only CPU runs (benchmarks/NOTES.md); MKL's GEMM is not affected by it.
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
-Isa elementwise_isa() {
+[[maybe_unused]] Isa elementwise_isa() {
   static const Isa isa = [] {
     Isa best = Isa::kBaseline;
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
