@@ -19,6 +19,9 @@
 #include <atomic>
 #include <cstdint>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -142,64 +145,191 @@ inline at::Tensor tile_view(at::Tensor& buf, int64_t rows, int64_t cols) {
 
 // ---- fp32 elementwise passes over a tile: exp fused with what follows it ----------------------
 // ATen's exp_ is a separate pass (~0.8 ns per element here); these loops do exp and the sums or
-// the coefficient product in one pass, vectorized by the compiler for the best ISA of the
-// running CPU (target_clones: AVX-512, AVX2, baseline).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SIMCLR_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SIMCLR_ISA_CLONES
-#endif
+// the coefficient product in one pass, compiled once per ISA and picked at run time
+// (elementwise_isa). They are written on explicit GCC vectors of the ISA's native width (16
+// floats under AVX-512, 8 under AVX2, 4 on baseline x86-64) rather than left to the
+// auto-vectorizer: GCC vectorized the scalar form only for AVX-512 (mask registers); under AVX2
+// the clamps and the NaN select stayed branches and the loop scalar, ~7x slower
+// (benchmarks/NOTES.md). Wider-than-native vectors fare no better: GCC splits them with spills
+// and scalar selects.
+template <int W>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * W)));
+  typedef int32_t i __attribute__((vector_size(4 * W)));
+};
 
-// exp(x) for the shifted logits (x <= ~0): x = n ln2 + r with |r| <= ln2/2 (Cephes' two-part
-// ln2), exp(r) by Cephes' degree-6 polynomial (~2 ulp), 2^n written into the exponent bits.
-// Below -87 the result is 0 (it would be subnormal); -inf gives 0 (the self mask); NaN stays NaN.
-inline float exp_shifted_f32(float x) {
-  const float xc = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
-  // round-to-nearest by the 1.5 * 2^23 trick: vectorizes without a float->int rounding mode
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::f splat(float x) {
+  return typename Vec<W>::f{} + x;
+}
+
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::f load_v(const float* p) {
+  typename Vec<W>::f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <int W>
+__attribute__((always_inline)) inline void store_v(float* p, typename Vec<W>::f v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// The first n (< W) lanes from p, the others `fill`; and their store back.
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::f load_part(const float* p, int64_t n,
+                                                                  float fill) {
+  alignas(64) float t[W];
+  for (int64_t k = 0; k < W; ++k) t[k] = k < n ? p[k] : fill;
+  return load_v<W>(t);
+}
+
+template <int W>
+__attribute__((always_inline)) inline void store_part(float* p, int64_t n, typename Vec<W>::f v) {
+  alignas(64) float t[W];
+  store_v<W>(t, v);
+  for (int64_t k = 0; k < n; ++k) p[k] = t[k];
+}
+
+// Sum of the lanes in a fixed pairwise order (deterministic run to run).
+template <int W>
+__attribute__((always_inline)) inline float lane_sum(typename Vec<W>::f v) {
+  alignas(64) float t[W];
+  store_v<W>(t, v);
+  for (int64_t w = W / 2; w >= 1; w /= 2)
+    for (int64_t k = 0; k < w; ++k) t[k] += t[k + w];
+  return t[0];
+}
+
+// exp(x) for the shifted logits (x <= ~0), per lane: x = n ln2 + r with |r| <= ln2/2 (Cephes'
+// two-part ln2), exp(r) by Cephes' degree-6 polynomial (~2 ulp), 2^n written into the exponent
+// bits. Below -87 the result is 0 (it would be subnormal); -inf gives 0 (the self mask); NaN
+// stays NaN.
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::f exp_shifted_v(typename Vec<W>::f x) {
+  using f = typename Vec<W>::f;
+  using i = typename Vec<W>::i;
+  const f lo = splat<W>(-87.0f), hi = splat<W>(88.0f);
+  f xc = x > hi ? hi : x;
+  xc = xc < lo ? lo : xc;  // NaN compares false twice and stays NaN
+  // round-to-nearest by the 1.5 * 2^23 trick: no float->int rounding mode needed
+  const f n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const f r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  f y = splat<W>(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-  const float e = y * scale;
-  return x < -87.0f ? 0.0f : (x != x ? x : e);
+  const i bits = (__builtin_convertvector(n, i) + 127) << 23;
+  const f e = y * __builtin_bit_cast(f, bits);
+  const f zero = splat<W>(0.0f);
+  return x < lo ? zero : (x != x ? x : e);
 }
 
-SIMCLR_ISA_CLONES
-void exp_shift_sums_f32(float* s, int64_t rows, int64_t cols, float shift, float* row_acc,
-                        float* col_acc) {
+template <int W>
+__attribute__((always_inline)) inline void exp_shift_sums_f32_body(float* s, int64_t rows,
+                                                                   int64_t cols, float shift,
+                                                                   float* row_acc,
+                                                                   float* col_acc) {
+  using f = typename Vec<W>::f;
+  const int64_t full = cols - cols % W, tail = cols - full;
+  const float kNegInf = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < rows; ++i) {
     float* sr = s + i * cols;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < cols; ++j) {
-      const float e = exp_shifted_f32(sr[j] - shift);
-      sr[j] = e;
+    f sum = splat<W>(0.0f);
+    // The column sums ride along in the same pass (the tile row is read once).
+    for (int64_t j = 0; j < full; j += W) {
+      const f e = exp_shifted_v<W>(load_v<W>(sr + j) - shift);
+      store_v<W>(sr + j, e);
       sum += e;
+      if (col_acc != nullptr) store_v<W>(col_acc + j, load_v<W>(col_acc + j) + e);
     }
-    row_acc[i] += sum;
-    if (col_acc != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) col_acc[j] += sr[j];
+    if (tail != 0) {  // -inf in the unused lanes: exp gives 0 there
+      const f e = exp_shifted_v<W>(load_part<W>(sr + full, tail, kNegInf) - shift);
+      store_part<W>(sr + full, tail, e);
+      sum += e;
+      if (col_acc != nullptr)
+        store_part<W>(col_acc + full, tail, load_part<W>(col_acc + full, tail, 0.0f) + e);
     }
+    row_acc[i] += lane_sum<W>(sum);
   }
 }
 
-SIMCLR_ISA_CLONES
-void pair_coeff_shifted_f32(float* s, int64_t rows, int64_t cols, float shift, const float* a_i,
-                            const float* a_j) {
+template <int W>
+__attribute__((always_inline)) inline void pair_coeff_shifted_f32_body(float* s, int64_t rows,
+                                                                       int64_t cols, float shift,
+                                                                       const float* a_i,
+                                                                       const float* a_j) {
+  const int64_t full = cols - cols % W, tail = cols - full;
   for (int64_t i = 0; i < rows; ++i) {
     float* sr = s + i * cols;
     const float ai = a_i[i];
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) sr[j] = exp_shifted_f32(sr[j] - shift) * (ai + a_j[j]);
+    for (int64_t j = 0; j < full; j += W)
+      store_v<W>(sr + j, exp_shifted_v<W>(load_v<W>(sr + j) - shift) * (load_v<W>(a_j + j) + ai));
+    if (tail != 0)
+      store_part<W>(sr + full, tail,
+                    exp_shifted_v<W>(load_part<W>(sr + full, tail, 0.0f) - shift) *
+                        (load_part<W>(a_j + full, tail, 0.0f) + ai));
   }
 }
+
+// The ISA of the fp32 passes: the best the CPU has, capped by the environment variable
+// SIMCLR_EXT_CPU_ISA=avx2 or =baseline (read once). The cap lets an AVX-512 machine measure
+// what an AVX2-only CPU runs (benchmarks/NOTES.md); MKL's GEMM is not affected by it.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+[[maybe_unused]] Isa elementwise_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kBaseline;
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+      best = Isa::kAvx512;
+    else if (__builtin_cpu_supports("x86-64-v3"))
+      best = Isa::kAvx2;
+#endif
+    const char* cap = std::getenv("SIMCLR_EXT_CPU_ISA");
+    if (cap != nullptr) {
+      const std::string c(cap);
+      if (c == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
+      if (c == "baseline") best = Isa::kBaseline;
+    }
+    return best;
+  }();
+  return isa;
+}
+
+// One copy of each pass per ISA; the body is inlined into each and vectorized for its target.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SIMCLR_ISA_VARIANTS(name, params, args)                                            \
+  __attribute__((target("arch=x86-64-v4"))) void name##_avx512 params {                     \
+    name##_body<16> args;                                                                    \
+  }                                                                                          \
+  __attribute__((target("arch=x86-64-v3"))) void name##_avx2 params { name##_body<8> args; } \
+  void name##_baseline params { name##_body<4> args; }                                       \
+  void name params {                                                                         \
+    switch (elementwise_isa()) {                                                             \
+      case Isa::kAvx512: return name##_avx512 args;                                          \
+      case Isa::kAvx2: return name##_avx2 args;                                              \
+      default: return name##_baseline args;                                                  \
+    }                                                                                        \
+  }
+#else
+#define SIMCLR_ISA_VARIANTS(name, params, args) \
+  void name params { name##_body<4> args; }
+#endif
+
+SIMCLR_ISA_VARIANTS(exp_shift_sums_f32,
+                    (float* s, int64_t rows, int64_t cols, float shift, float* row_acc,
+                     float* col_acc),
+                    (s, rows, cols, shift, row_acc, col_acc))
+
+SIMCLR_ISA_VARIANTS(pair_coeff_shifted_f32,
+                    (float* s, int64_t rows, int64_t cols, float shift, const float* a_i,
+                     const float* a_j),
+                    (s, rows, cols, shift, a_i, a_j))
 
 // e = exp(S - shift) in place (masked cells hold -inf and give 0); row_acc[i] += sum_j e_ij,
 // and col_acc[j] += sum_i e_ij when col_acc is given.
