@@ -11,7 +11,8 @@ images' device (so a trainer that reseeds it every step gets reproducible views)
 - cutout: one square of side S/2, its center uniform over the image (clipped at the borders), set
           to 0
 - color:  SimCLR's color distortion (jitter p 0.8 at `color_strength`, grayscale p 0.2)
-- sobel:  the Sobel gradient magnitude of the luma, scaled by its per-image maximum, on 3 channels
+- sobel:  the Sobel gradient magnitude of the luma, scaled by its per-image maximum (a flat
+          image gives 0), on 3 channels
 - noise:  additive Gaussian noise, sigma ~ U[0, 0.1] per image, clamped to [0, 1]
 - blur:   Gaussian blur, sigma ~ U[0.1, 2], kernel 10% of S (always applied)
 - rotate: rotation by 90, 180 or 270 degrees (uniform)
@@ -33,6 +34,7 @@ from .pipeline import (BLUR_SIGMA, SimCLRAugment, default_blur_kernel, gaussian_
 TRANSFORMS = ("crop", "cutout", "color", "sobel", "noise", "blur", "rotate")
 CUTOUT_FRACTION = 0.5  # side of the cutout square / image side
 NOISE_MAX_SIGMA = 0.1  # on [0, 1] images
+SOBEL_FLOOR = 1e-4  # gradient magnitudes below this are rounding noise (sobel)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
 
 
@@ -76,9 +78,12 @@ def sobel(x: Tensor) -> Tensor:
     k = torch.stack((kx, kx.t())).unsqueeze(1)  # [2, 1, 3, 3]: d/dx, d/dy
     g = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), k)
     mag = g.pow(2).sum(1, keepdim=True).sqrt()
+    # why: the convolution's rounding leaves ~1e-7 on flat regions, which the per-image scaling
+    # would blow up to 1 on a flat image; a gradient under SOBEL_FLOOR (far below one 8-bit
+    # level, 1/255) is no edge
+    mag = torch.where(mag < SOBEL_FLOOR, torch.zeros_like(mag), mag)
     peak = mag.amax(dim=(2, 3), keepdim=True)
-    # why the clamp: a flat image has no gradient; 0 / eps stays 0 instead of 0 / 0
-    return (mag / peak.clamp_min(1e-6)).expand(-1, 3, -1, -1).contiguous()
+    return (mag / peak.clamp_min(SOBEL_FLOOR)).expand(-1, 3, -1, -1).contiguous()
 
 
 def gaussian_noise(x: Tensor, generator=None, max_sigma: float = NOISE_MAX_SIGMA) -> Tensor:
