@@ -31,9 +31,6 @@ namespace {
 
 using namespace tile_loop;  // kTile, TileRange, the schedules (tile_loop_cpu.h)
 
-// Upper bound on the per-thread gradient accumulators of the symmetric backward; above it the
-// general schedule (no accumulators) is used instead.
-constexpr int64_t kAccumulatorBudget = 96ll << 20;
 
 // For unit vectors s <= 1/tau, so c = 1/tau is a safe shift for every row: exp(s - c) <= 1 never
 // overflows, and the smallest term exp(-2/tau) stays a normal number as long as 2/tau is below

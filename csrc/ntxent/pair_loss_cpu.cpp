@@ -1,9 +1,10 @@
 // NT-Logistic and margin-triplet CPU kernels (docs/architecture.md section 2.5): two policies of
 // the shared tile loop (tile_loop_cpu.h). The tiles hold cosines (the GEMM's alpha is 1): the
 // semi-hard sets are defined on c, and 1/tau is applied in the elementwise passes. Sums in fp32
-// (fp64 for fp64 inputs). Both run the general schedule (the symmetric flag only means the rows
-// are their own columns); the backward holds the semi-hard sets fixed: membership is recomputed
-// from the recomputed c and the forward's c_pos (pair_loss.h: the per-row state).
+// (fp64 for fp64 inputs). The forward runs the general schedule; the backward the symmetric one
+// in one process (within its accumulator budget), else the general one. The backward holds the
+// semi-hard sets fixed: membership is recomputed from the recomputed c and the forward's c_pos
+// (pair_loss.h: the per-row state).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -44,8 +45,9 @@ constexpr double softplus_threshold() {
   return sizeof(acc_t) == 4 ? 20.0 : 40.0;
 }
 
-// The membership band of row k: l is in M_k iff !(c >= hi_k) and !(c <= lo_k). Without
-// semi-hard hi = +inf and lo = -inf: every negative. The masked cells (self, positive) hold +inf,
+// The membership band of row k: l is in M_k iff !(c >= hi_k) and !(c <= lo_k), evaluated with
+// `&`, not `&&`: no branch, so the loops vectorize and a random membership costs no branch
+// mispredictions (it did: semi-hard ran 2x slower with `&&`). Without semi-hard hi = +inf and lo = -inf: every negative. The masked cells (self, positive) hold +inf,
 // which no band admits; a NaN c is a member, so NaN in gives NaN out.
 template <typename acc_t>
 struct Band {
@@ -99,7 +101,7 @@ struct PairForwardWorker {
         acc_t s = 0, n = 0;
 #pragma omp simd reduction(+ : s, n)
         for (int64_t j = 0; j < rj.size; ++j) {
-          const bool m = !(cr[j] >= b.hi) && !(cr[j] <= b.lo);
+          const bool m = !(cr[j] >= b.hi) & !(cr[j] <= b.lo);
           s += m ? tr[j] : acc_t(0);
           n += m ? acc_t(1) : acc_t(0);
         }
@@ -116,12 +118,12 @@ struct PairForwardWorker {
       acc_t s = 0, n = 0, a = 0;
 #pragma omp simd reduction(+ : s, n, a)
       for (int64_t j = 0; j < rj.size; ++j) {
-        const bool m = !(cr[j] >= b.hi) && !(cr[j] <= b.lo);
+        const bool m = !(cr[j] >= b.hi) & !(cr[j] <= b.lo);
         const acc_t h = (cr[j] - cp) + margin;
         // max(0, h) with NaN kept: NaN in, NaN out
         s += m ? (h < acc_t(0) ? acc_t(0) : h) : acc_t(0);
         n += m ? acc_t(1) : acc_t(0);
-        a += (m && h > acc_t(0)) ? acc_t(1) : acc_t(0);
+        a += (m & (h > acc_t(0))) ? acc_t(1) : acc_t(0);
       }
       sum[i] += s;
       cnt[i] += n;
@@ -215,49 +217,58 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
   const acc_t margin = acc_t(p.margin);
   const double inv_tau = 1.0 / p.temperature;
 
-  at::Tensor G = grad_general<acc_t>(
-      rows, cols, row_offset, /*alpha=*/1.0,
-      [&](at::Tensor& S, at::Tensor& tmp, TileRange ri, TileRange rj) {
-        const acc_t* c = S.data_ptr<acc_t>();
-        // logistic: the membership-weighted factors into tmp, then M = sigmoid(c / tau) * tmp;
-        // triplet: M written directly (no transcendental).
-        acc_t* out = logistic ? tmp.data_ptr<acc_t>() : S.data_ptr<acc_t>();
-        std::vector<acc_t> lo_j(rj.size), hi_j(rj.size), cp_j(rj.size);
+  auto coeff = [&](at::Tensor& S, at::Tensor& tmp, TileRange ri, TileRange rj) {
+    const acc_t* c = S.data_ptr<acc_t>();
+    // logistic: the membership-weighted factors into tmp, then M = sigmoid(c / tau) * tmp;
+    // triplet: M written directly (no transcendental).
+    acc_t* out = logistic ? tmp.data_ptr<acc_t>() : S.data_ptr<acc_t>();
+    std::vector<acc_t> lo_j(rj.size), hi_j(rj.size), cp_j(rj.size);
+    for (int64_t j = 0; j < rj.size; ++j) {
+      const acc_t cpj = cs[(rj.begin + j) * kPairStateCols + kStateCosPos];
+      const Band<acc_t> b = band(cpj, p);
+      lo_j[j] = b.lo;
+      hi_j[j] = b.hi;
+      cp_j[j] = cpj;
+    }
+    const acc_t* aj = a_col.data() + rj.begin;
+    for (int64_t i = 0; i < ri.size; ++i) {
+      const acc_t cpi = rs[(ri.begin + i) * kPairStateCols + kStateCosPos];
+      const Band<acc_t> bi = band(cpi, p);
+      const acc_t ai = a_row[ri.begin + i];
+      const acc_t* cr = c + i * rj.size;
+      acc_t* orow = out + i * rj.size;
+      if (logistic) {
+#pragma omp simd
         for (int64_t j = 0; j < rj.size; ++j) {
-          const acc_t cpj = cs[(rj.begin + j) * kPairStateCols + kStateCosPos];
-          const Band<acc_t> b = band(cpj, p);
-          lo_j[j] = b.lo;
-          hi_j[j] = b.hi;
-          cp_j[j] = cpj;
+          // every load unconditional, selects only: the loop vectorizes
+          const acc_t x = cr[j], hj = hi_j[j], lj = lo_j[j], a = aj[j];
+          const bool mi = !(x >= bi.hi) & !(x <= bi.lo);
+          const bool mj = !(x >= hj) & !(x <= lj);
+          orow[j] = (mi ? ai : acc_t(0)) + (mj ? a : acc_t(0));
         }
-        const acc_t* aj = a_col.data() + rj.begin;
-        for (int64_t i = 0; i < ri.size; ++i) {
-          const acc_t cpi = rs[(ri.begin + i) * kPairStateCols + kStateCosPos];
-          const Band<acc_t> bi = band(cpi, p);
-          const acc_t ai = a_row[ri.begin + i];
-          const acc_t* cr = c + i * rj.size;
-          acc_t* orow = out + i * rj.size;
-          if (logistic) {
+      } else {
 #pragma omp simd
-            for (int64_t j = 0; j < rj.size; ++j) {
-              const acc_t x = cr[j];
-              const bool mi = !(x >= bi.hi) && !(x <= bi.lo);
-              const bool mj = !(x >= hi_j[j]) && !(x <= lo_j[j]);
-              orow[j] = (mi ? ai : acc_t(0)) + (mj ? aj[j] : acc_t(0));
-            }
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < rj.size; ++j) {
-              const acc_t x = cr[j];
-              const bool mi = !(x >= bi.hi) && !(x <= bi.lo) && (x - cpi) + margin > acc_t(0);
-              const bool mj =
-                  !(x >= hi_j[j]) && !(x <= lo_j[j]) && (x - cp_j[j]) + margin > acc_t(0);
-              orow[j] = (mi ? ai : acc_t(0)) + (mj ? aj[j] : acc_t(0));
-            }
-          }
+        for (int64_t j = 0; j < rj.size; ++j) {
+          const acc_t x = cr[j], hj = hi_j[j], lj = lo_j[j], cpj = cp_j[j], a = aj[j];
+          const bool mi = !(x >= bi.hi) & !(x <= bi.lo) & ((x - cpi) + margin > acc_t(0));
+          const bool mj = !(x >= hj) & !(x <= lj) & ((x - cpj) + margin > acc_t(0));
+          orow[j] = (mi ? ai : acc_t(0)) + (mj ? a : acc_t(0));
         }
-        if (logistic) S.mul_(inv_tau).sigmoid_().mul_(tmp);
-      });
+      }
+    }
+    if (logistic) S.mul_(inv_tau).sigmoid_().mul_(tmp);
+  };
+  // One process: M is symmetric (the rows' and the columns' states are the same), so each
+  // upper tile serves both of its sides, as in NT-Xent's symmetric backward. The membership of
+  // the cell (j, i) is then decided on c_ij of the tile (I, J); it may differ from the
+  // forward's c_ji by rounding, which matters only for a c within an ulp of a band end.
+  const int64_t R = rows.size(0), D = rows.size(1);
+  const int64_t P = num_chunks(num_tiles(R) * (num_tiles(R) + 1) / 2);
+  at::Tensor G;
+  if (symmetric && symmetric_grad_fits(P, R, D, sizeof(acc_t)))
+    G = grad_symmetric<acc_t>(rows, /*alpha=*/1.0, P, coeff);
+  else
+    G = grad_general<acc_t>(rows, cols, row_offset, /*alpha=*/1.0, coeff);
   const acc_t* wr = row_weight.data_ptr<acc_t>();
   const acc_t* wc = col_weight.data_ptr<acc_t>();
   return finalize_rows<acc_t>(

@@ -34,6 +34,15 @@ namespace tile_loop {
 // core and the fp32 tile (256 KiB) stays in L2 for the elementwise passes that follow.
 constexpr int64_t kTile = 256;
 
+// Upper bound on the per-chunk gradient accumulators of the symmetric backward; above it the
+// general schedule (no accumulators) is used instead.
+constexpr int64_t kAccumulatorBudget = 96ll << 20;
+
+// Whether the symmetric backward's P accumulators [R, D] of `elem` bytes fit the budget.
+inline bool symmetric_grad_fits(int64_t P, int64_t R, int64_t D, int64_t elem) {
+  return P == 1 || P * R * D * elem <= kAccumulatorBudget;
+}
+
 struct TileRange {
   int64_t begin, size;
 };
