@@ -67,8 +67,9 @@ at::Tensor pair_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& col_weight, int64_t row_offset,
                          const PairLossParams& params, bool symmetric, std::optional<bool> tf32);
 
-// Backends: inputs already validated by the entries above. The CPU kernels run the general
-// schedule of tile_loop_cpu.h in both cases of `symmetric`.
+// Backends: inputs already validated by the entries above. The CPU kernels run the symmetric
+// schedule of tile_loop_cpu.h under `symmetric` (the backward within its accumulator budget),
+// else the general one.
 std::tuple<at::Tensor, at::Tensor> pair_forward_cpu(const at::Tensor& u_rows,
                                                     const at::Tensor& u_cols, int64_t row_offset,
                                                     const PairLossParams& params, bool symmetric);

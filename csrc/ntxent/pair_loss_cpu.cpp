@@ -1,8 +1,8 @@
 // NT-Logistic and margin-triplet CPU kernels (docs/architecture.md section 2.5): two policies of
 // the shared tile loop (tile_loop_cpu.h). The tiles hold cosines (the GEMM's alpha is 1): the
 // semi-hard sets are defined on c, and 1/tau is applied in the elementwise passes. Sums in fp32
-// (fp64 for fp64 inputs). The forward runs the general schedule; the backward the symmetric one
-// in one process (within its accumulator budget), else the general one. The backward holds the
+// (fp64 for fp64 inputs). One process: the symmetric schedule (the backward within its
+// accumulator budget); gathered columns: the general one. The backward holds the
 // semi-hard sets fixed: membership is recomputed from the recomputed c and the forward's c_pos
 // (pair_loss.h: the per-row state).
 #include <ATen/ATen.h>
@@ -63,6 +63,27 @@ inline Band<acc_t> band(acc_t c_pos, const PairLossParams& p) {
 }
 
 // ---- forward: what a tile adds to each row's statistics ---------------------------------------
+
+// Row k's loss and state from its totals (sum: of softplus(s) * tau or of the hinge; n = |M_k|;
+// act: the active hinges).
+template <typename acc_t>
+inline void finish_row(const PairLossParams& p, int64_t k, const acc_t* c_pos, acc_t sum, acc_t n,
+                       acc_t act, acc_t* loss, acc_t* state) {
+  const acc_t inv_tau = acc_t(1.0 / p.temperature);
+  acc_t l;
+  if (p.kind == PairLossKind::kLogistic) {
+    // -log sigmoid(s_pos) = softplus(-s_pos); an empty M_k leaves only this term.
+    l = softplus_acc(-c_pos[k] * inv_tau);
+    if (n > acc_t(0)) l += sum * inv_tau / n;
+  } else {
+    l = n > acc_t(0) ? sum / n : acc_t(0);  // an empty M_k gives 0
+  }
+  loss[k] = l;
+  acc_t* st = state + k * kPairStateCols;
+  st[kStateCosPos] = c_pos[k];
+  st[kStateCount] = n;
+  st[kStateActive] = p.kind == PairLossKind::kLogistic ? acc_t(0) : act;
+}
 // Per row of the row tile: sum (of softplus(s) / tau-scaled, or of the hinge), |M_k| and the
 // active hinges, over this tile's columns; end() turns them into row_loss and the state.
 template <typename acc_t>
@@ -132,26 +153,99 @@ struct PairForwardWorker {
   }
 
   void end(TileRange ri) {
-    const acc_t inv_tau = acc_t(1.0 / p.temperature);
-    for (int64_t i = 0; i < ri.size; ++i) {
-      const int64_t k = ri.begin + i;
-      const acc_t n = cnt[i];
-      acc_t l;
-      if (p.kind == PairLossKind::kLogistic) {
-        // -log sigmoid(s_pos) = softplus(-s_pos); an empty M_k leaves only this term.
-        l = softplus_acc(-c_pos[k] * inv_tau);
-        if (n > acc_t(0)) l += sum[i] * inv_tau / n;
-      } else {
-        l = n > acc_t(0) ? sum[i] / n : acc_t(0);  // an empty M_k gives 0
-      }
-      loss[k] = l;
-      acc_t* st = state + k * kPairStateCols;
-      st[kStateCosPos] = c_pos[k];
-      st[kStateCount] = n;
-      st[kStateActive] = p.kind == PairLossKind::kLogistic ? acc_t(0) : act[i];
-    }
+    for (int64_t i = 0; i < ri.size; ++i)
+      finish_row(p, ri.begin + i, c_pos, sum[i], cnt[i], act[i], loss, state);
   }
 };
+
+// Symmetric forward (one process): each upper tile (I, J) adds to the rows of I (row sums under
+// each row's band) and, off the diagonal, to the rows of J (column sums under each column's
+// band: c_ji = c_ij, and the softplus of the tile serves both). Per chunk [R, 3] totals (sum,
+// |M|, active), summed in chunk order: bitwise reproducible for a given thread count.
+template <typename acc_t>
+void forward_symmetric_impl(const at::Tensor& u, const PairLossParams& p, const acc_t* c_pos,
+                            acc_t* loss, acc_t* state) {
+  const int64_t R = u.size(0);
+  const int64_t P = num_chunks(num_tiles(R) * (num_tiles(R) + 1) / 2);
+  at::Tensor totals = at::zeros({P, R, 3}, u.options());
+  const bool logistic = p.kind == PairLossKind::kLogistic;
+  const acc_t margin = acc_t(p.margin);
+  std::vector<at::Tensor> tbufs(P);
+  for (auto& t : tbufs) t = logistic ? at::empty({kTile * kTile}, u.options()) : at::Tensor();
+  forward_symmetric(u, /*alpha=*/1.0, P,
+                    [&](int64_t q, at::Tensor& S, TileRange ri, TileRange rj, bool off_diag) {
+    acc_t* tot = totals.data_ptr<acc_t>() + q * R * 3;
+    acc_t* c = S.data_ptr<acc_t>();
+    // The cell (i, pos i) of an upper tile is also the cell (pos i, i): masking it masks both.
+    mask_self_and_positive(c, ri, rj, R, 0, std::numeric_limits<acc_t>::infinity());
+    const acc_t* t = c;
+    if (logistic) {
+      at::Tensor T = tile_view(tbufs[q], ri.size, rj.size);
+      at::softplus_out(T, S, 1.0 / p.temperature, softplus_threshold<acc_t>());
+      t = T.data_ptr<acc_t>();
+    }
+    // Column side: per column j its band, its sums over this tile's rows.
+    std::vector<acc_t> lo_j(rj.size), hi_j(rj.size), cp_j(rj.size), cs(rj.size, acc_t(0)),
+        cn(rj.size, acc_t(0)), ca(rj.size, acc_t(0));
+    for (int64_t j = 0; j < rj.size; ++j) {
+      const Band<acc_t> b = band(c_pos[rj.begin + j], p);
+      lo_j[j] = b.lo;
+      hi_j[j] = b.hi;
+      cp_j[j] = c_pos[rj.begin + j];
+    }
+    for (int64_t i = 0; i < ri.size; ++i) {
+      const acc_t cpi = c_pos[ri.begin + i];
+      const Band<acc_t> bi = band(cpi, p);
+      const acc_t* cr = c + i * rj.size;
+      const acc_t* tr = t + i * rj.size;
+      acc_t rs = 0, rn = 0, ra = 0;
+      if (logistic) {
+#pragma omp simd reduction(+ : rs, rn)
+        for (int64_t j = 0; j < rj.size; ++j) {
+          const acc_t x = cr[j], v = tr[j], hj = hi_j[j], lj = lo_j[j];
+          const bool mi = !(x >= bi.hi) & !(x <= bi.lo);
+          const bool mj = !(x >= hj) & !(x <= lj);
+          rs += mi ? v : acc_t(0);
+          rn += mi ? acc_t(1) : acc_t(0);
+          cs[j] += mj ? v : acc_t(0);
+          cn[j] += mj ? acc_t(1) : acc_t(0);
+        }
+      } else {
+#pragma omp simd reduction(+ : rs, rn, ra)
+        for (int64_t j = 0; j < rj.size; ++j) {
+          const acc_t x = cr[j], hj = hi_j[j], lj = lo_j[j], cpj = cp_j[j];
+          const bool mi = !(x >= bi.hi) & !(x <= bi.lo);
+          const bool mj = !(x >= hj) & !(x <= lj);
+          const acc_t hi_ = (x - cpi) + margin, hj_ = (x - cpj) + margin;
+          // max(0, h) with NaN kept: NaN in, NaN out
+          rs += mi ? (hi_ < acc_t(0) ? acc_t(0) : hi_) : acc_t(0);
+          rn += mi ? acc_t(1) : acc_t(0);
+          ra += (mi & (hi_ > acc_t(0))) ? acc_t(1) : acc_t(0);
+          cs[j] += mj ? (hj_ < acc_t(0) ? acc_t(0) : hj_) : acc_t(0);
+          cn[j] += mj ? acc_t(1) : acc_t(0);
+          ca[j] += (mj & (hj_ > acc_t(0))) ? acc_t(1) : acc_t(0);
+        }
+      }
+      acc_t* tr_i = tot + (ri.begin + i) * 3;
+      tr_i[0] += rs;
+      tr_i[1] += rn;
+      tr_i[2] += ra;
+    }
+    // A diagonal tile is its own transpose: its row sums already cover its columns' rows.
+    if (off_diag) {
+      for (int64_t j = 0; j < rj.size; ++j) {
+        acc_t* tc = tot + (rj.begin + j) * 3;
+        tc[0] += cs[j];
+        tc[1] += cn[j];
+        tc[2] += ca[j];
+      }
+    }
+  });
+  const at::Tensor sum = totals.sum(0);
+  const acc_t* tt = sum.data_ptr<acc_t>();
+  for (int64_t k = 0; k < R; ++k)
+    finish_row(p, k, c_pos, tt[k * 3], tt[k * 3 + 1], tt[k * 3 + 2], loss, state);
+}
 
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
@@ -165,9 +259,13 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& u_rows, const 
   const acc_t* cp = c_pos.data_ptr<acc_t>();
   acc_t* l = loss.data_ptr<acc_t>();
   acc_t* st = state.data_ptr<acc_t>();
-  forward_general(rows, cols, /*alpha=*/1.0, [&] {
-    return PairForwardWorker<acc_t>(p, R, row_offset, cp, l, st, rows.options());
-  });
+  if (symmetric) {
+    forward_symmetric_impl<acc_t>(rows, p, cp, l, st);
+  } else {
+    forward_general(rows, cols, /*alpha=*/1.0, [&] {
+      return PairForwardWorker<acc_t>(p, R, row_offset, cp, l, st, rows.options());
+    });
+  }
   return {loss, state};
 }
 
