@@ -12,6 +12,7 @@
 #include "crop/crop.h"
 #include "lars/lars.h"
 #include "ntxent/ntxent.h"
+#include "ntxent/pair_loss.h"
 
 namespace simclr_ext {
 
@@ -36,6 +37,36 @@ pybind11::dict build_info() {
   info["cuda_archs"] = pybind11::none();
 #endif
   return info;
+}
+
+namespace {
+
+// kind: 1 NT-Logistic, 2 margin triplet (pair_loss.h: PairLossKind); the entries check it.
+ntxent::PairLossParams pair_params(int64_t kind, double temperature, double margin,
+                                   bool semi_hard) {
+  return {static_cast<ntxent::PairLossKind>(kind), temperature, margin, semi_hard};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pair_forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                                int64_t row_offset, int64_t kind,
+                                                double temperature, double margin, bool semi_hard,
+                                                bool symmetric, std::optional<bool> tf32) {
+  return ntxent::pair_forward(u_rows, u_cols, row_offset,
+                              pair_params(kind, temperature, margin, semi_hard), symmetric, tf32);
+}
+
+at::Tensor pair_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                         const at::Tensor& norm_rows, const at::Tensor& row_state,
+                         const at::Tensor& col_state, const at::Tensor& row_weight,
+                         const at::Tensor& col_weight, int64_t row_offset, int64_t kind,
+                         double temperature, double margin, bool semi_hard, bool symmetric,
+                         std::optional<bool> tf32) {
+  return ntxent::pair_backward(u_rows, u_cols, norm_rows, row_state, col_state, row_weight,
+                               col_weight, row_offset,
+                               pair_params(kind, temperature, margin, semi_hard), symmetric,
+                               tf32);
 }
 
 }  // namespace simclr_ext
@@ -69,6 +100,21 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("bank"), pybind11::arg("row_lse"), pybind11::arg("row_weight"),
         pybind11::arg("temperature"), pybind11::arg("tf32") = pybind11::none(),
         "G [R, D] (accumulation dtype): w_k sum_b exp(s_kb - row_lse_k) bank_b");
+  // NT-Logistic and margin triplet (csrc/ntxent/pair_loss.h): same layout, per-row state
+  // [R, 3] = (c_pos, |M_k|, active hinges) instead of the row LSE.
+  m.def("pair_forward", &simclr_ext::pair_forward, pybind11::arg("u_rows"),
+        pybind11::arg("u_cols"), pybind11::arg("row_offset"), pybind11::arg("kind"),
+        pybind11::arg("temperature"), pybind11::arg("margin"), pybind11::arg("semi_hard"),
+        pybind11::arg("symmetric"), pybind11::arg("tf32") = pybind11::none(),
+        "(row_loss [R], row_state [R, 3]); kind 1 NT-Logistic, 2 margin triplet");
+  m.def("pair_backward", &simclr_ext::pair_backward, pybind11::arg("u_rows"),
+        pybind11::arg("u_cols"), pybind11::arg("norm_rows"), pybind11::arg("row_state"),
+        pybind11::arg("col_state"), pybind11::arg("row_weight"), pybind11::arg("col_weight"),
+        pybind11::arg("row_offset"), pybind11::arg("kind"), pybind11::arg("temperature"),
+        pybind11::arg("margin"), pybind11::arg("semi_hard"), pybind11::arg("symmetric"),
+        pybind11::arg("tf32") = pybind11::none(),
+        "grad_z [R, D] of sum_k w_k loss_k (semi-hard sets held fixed, normalization backward "
+        "fused)");
   m.def("ntxent_tf32_enabled", &simclr_ext::ntxent::tf32_enabled,
         "Whether fp32 NT-Xent takes the CUDA TF32 path now (cuBLAS's rule, on this thread)");
 

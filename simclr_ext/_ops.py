@@ -236,3 +236,69 @@ def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars
                 "same length",
     )
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# pair_forward / pair_backward: fused NT-Logistic (kind 1) and margin triplet (kind 2) of one
+# process's rows z = [view 1; view 2] (docs/architecture.md, 2.5). Same pattern as NT-Xent: the
+# backward recomputes u and the tiles; between the two only z and the per-row state [2N, 3]
+# (c_pos, |M_k|, active hinges) are kept.
+# --------------------------------------------------------------------------------------------
+PAIR_LOGISTIC, PAIR_TRIPLET = 1, 2
+
+
+@torch.library.custom_op("simclr_ext::pair_forward", mutates_args=())
+def pair_forward(z: Tensor, kind: int, temperature: float, margin: float,
+                 semi_hard: bool) -> Tuple[Tensor, Tensor]:
+    """Per-row loss, z: [2N, D] -> (row_loss [2N], row_state [2N, 3]) in fp32 (fp64 for fp64 z).
+    kind 1: NT-Logistic at `temperature`; kind 2: margin triplet with `margin` (the other
+    parameter is unused). Formulas: csrc/ntxent/pair_loss.h."""
+    u, _ = _C.ntxent_normalize(z)
+    # One process: the rows are their own columns.
+    return _C.pair_forward(u, u, 0, kind, temperature, margin, semi_hard, symmetric=True)
+
+
+@pair_forward.register_fake
+def _(z, kind, temperature, margin, semi_hard):
+    torch._check(z.dim() == 2, lambda: f"z must be 2-d, got shape {tuple(z.shape)}")
+    acc = accumulation_dtype(z.dtype)
+    return z.new_empty((z.shape[0],), dtype=acc), z.new_empty((z.shape[0], 3), dtype=acc)
+
+
+@torch.library.custom_op("simclr_ext::pair_backward", mutates_args=())
+def pair_backward(z: Tensor, row_state: Tensor, grad_row_loss: Tensor, kind: int,
+                  temperature: float, margin: float, semi_hard: bool,
+                  tf32: bool = False) -> Tensor:
+    """grad_z [2N, D] (z's dtype) of sum_k grad_row_loss_k * row_loss_k given the forward's
+    row_state; the semi-hard sets are held fixed. tf32: the forward's precision decision."""
+    u, norm = _C.ntxent_normalize(z)
+    state = row_state.to(norm.dtype).contiguous()
+    w = grad_row_loss.to(norm.dtype).contiguous()
+    return _C.pair_backward(u, u, norm, state, state, w, w, 0, kind, temperature, margin,
+                            semi_hard, symmetric=True, tf32=tf32)
+
+
+@pair_backward.register_fake
+def _(z, row_state, grad_row_loss, kind, temperature, margin, semi_hard, tf32=False):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+def _pair_setup_context(ctx, inputs, output):
+    z, kind, temperature, margin, semi_hard = inputs
+    _, row_state = output
+    ctx.save_for_backward(z, row_state)
+    ctx.params = (kind, temperature, margin, semi_hard)
+    ctx.tf32 = _C.ntxent_tf32_enabled()  # the forward's decision, as for NT-Xent
+    ctx.mark_non_differentiable(row_state)
+
+
+def _pair_backward_autograd(ctx, grad_row_loss, grad_row_state):
+    z, row_state = ctx.saved_tensors
+    if grad_row_loss is None:
+        return None, None, None, None, None
+    with torch.no_grad():  # first order only: see _first_order_only
+        grad = pair_backward(z, row_state, grad_row_loss, *ctx.params, ctx.tf32)
+    return _first_order_only(grad, z, grad_row_loss), None, None, None, None
+
+
+pair_forward.register_autograd(_pair_backward_autograd, setup_context=_pair_setup_context)

@@ -225,6 +225,126 @@ class NTXentLoss(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# NT-Logistic and margin triplet (docs/architecture.md, section 2.5): the materialized cosine
+# matrix, the sets M_k as boolean masks computed without gradient (held fixed, like the fused
+# backward), the formulas of csrc/ntxent/pair_loss.h.
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_row_loss(u_rows: Tensor, u_cols: Tensor, row_offset: int, kind: str,
+                   temperature: float, margin: float, semi_hard: bool) -> Tensor:
+    """Per-row loss [R] of rows vs columns (rows are [view 1; view 2] at columns
+    [row_offset, row_offset + R)); kind "logistic" or "triplet"."""
+    R, C = u_rows.shape[0], u_cols.shape[0]
+    c = u_rows @ u_cols.t()
+    idx = torch.arange(R, device=u_rows.device)
+    positive = row_offset + (idx + R // 2) % R
+    c_pos = (u_rows * u_cols[positive]).sum(1)
+    with torch.no_grad():
+        neg = torch.ones(R, C, dtype=torch.bool, device=u_rows.device)
+        neg[idx, idx + row_offset] = False
+        neg[idx, positive] = False
+        cd, cp = c.detach(), c_pos.detach().unsqueeze(1)
+        if not semi_hard:
+            member = neg
+        elif kind == "logistic":
+            member = neg & (cd < cp)
+        else:
+            member = neg & (cd > cp - margin) & (cd < cp)
+        count = member.sum(1).to(c.dtype)
+    safe = count.clamp_min(1)  # an empty M_k: the sum below is 0 anyway
+    if kind == "logistic":
+        s = c / temperature
+        neg_term = torch.where(member, F.softplus(s), torch.zeros_like(s)).sum(1) / safe
+        return F.softplus(-c_pos / temperature) + neg_term  # -log sigmoid(x) = softplus(-x)
+    hinge = torch.relu(c - c_pos.unsqueeze(1) + margin)
+    return torch.where(member, hinge, torch.zeros_like(hinge)).sum(1) / safe
+
+
+def _pair_loss(kind, z_i, z_j, temperature, margin, semi_hard, reduction):
+    z = z_i if z_j is None else torch.cat([z_i, z_j], dim=0)
+    u = F.normalize(z, dim=1, eps=NORM_EPS)
+    return _reduce(_pair_row_loss(u, u, 0, kind, temperature, margin, semi_hard), reduction)
+
+
+def nt_logistic_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float = 0.5, *,
+                     semi_hard: bool = False, reduction: str = "mean") -> Tensor:
+    """NT-Logistic of the rows z = [z_i; z_j] (or z_i alone laid out [view 1; view 2]):
+    loss_k = -log sigmoid(s_k,pos) - (1/|M_k|) sum_{l in M_k} log sigmoid(-s_kl), M_k every
+    negative, or with semi_hard those with c_kl < c_k,pos. Computed in the input dtype."""
+    return _pair_loss("logistic", z_i, z_j, temperature, 0.0, semi_hard, reduction)
+
+
+def margin_triplet_loss(z_i: Tensor, z_j: Optional[Tensor] = None, margin: float = 0.5, *,
+                        semi_hard: bool = False, reduction: str = "mean") -> Tensor:
+    """Margin triplet of the rows z: loss_k = (1/|M_k|) sum_{l in M_k} max(0, c_kl - c_k,pos +
+    margin), M_k every negative, or with semi_hard c_k,pos - margin < c_kl < c_k,pos (empty: 0).
+    Computed in the input dtype."""
+    return _pair_loss("triplet", z_i, z_j, 1.0, margin, semi_hard, reduction)
+
+
+class _PairLossModule(nn.Module):
+    """Shared body of the two reference modules: one process, or (gather_distributed with a
+    world size > 1, equal batch sizes) every rank's rows as columns through the autograd-aware
+    all_gather, with NTXentLoss's global reduction and W-scaled gradient."""
+
+    kind = ""
+
+    def __init__(self, temperature: float, margin: float, semi_hard: bool, reduction: str,
+                 gather_distributed: bool, process_group):
+        super().__init__()
+        self.temperature, self.margin, self.semi_hard = float(temperature), float(margin), semi_hard
+        self.reduction, self.gather_distributed = reduction, gather_distributed
+        self.process_group = process_group
+
+    def forward(self, out0: Tensor, out1: Optional[Tensor] = None) -> Tensor:
+        import torch.distributed as dist
+
+        z = out0 if out1 is None else torch.cat([out0, out1], dim=0)
+        u = F.normalize(z, dim=1, eps=NORM_EPS)
+        args = (self.kind, self.temperature, self.margin, self.semi_hard)
+        if not (self.gather_distributed and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size(self.process_group) > 1):
+            return _reduce(_pair_row_loss(u, u, 0, *args), self.reduction)
+        import torch.distributed.nn.functional as dist_fn
+
+        group = self.process_group
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        u_cols = torch.cat(dist_fn.all_gather(u, group=group), dim=0)
+        row_loss = _pair_row_loss(u, u_cols, rank * u.shape[0], *args)
+        if self.reduction == "none":
+            return row_loss
+        local = row_loss.sum()
+        total = local.detach().clone()
+        dist.all_reduce(total, group=group)
+        scale = 1.0 / (world * u.shape[0]) if self.reduction == "mean" else 1.0
+        share = local * (world * scale)
+        return total * scale + (share - share.detach())
+
+
+class NTLogisticLoss(_PairLossModule):
+    """Reference twin of simclr_ext.NTLogisticLoss (same constructor and forward)."""
+
+    kind = "logistic"
+
+    def __init__(self, temperature: float = 0.5, semi_hard: bool = False,
+                 reduction: str = "mean", gather_distributed: bool = False,
+                 process_group=None):
+        super().__init__(temperature, 0.0, semi_hard, reduction, gather_distributed,
+                         process_group)
+
+
+class MarginTripletLoss(_PairLossModule):
+    """Reference twin of simclr_ext.MarginTripletLoss (same constructor and forward)."""
+
+    kind = "triplet"
+
+    def __init__(self, margin: float = 0.5, semi_hard: bool = False, reduction: str = "mean",
+                 gather_distributed: bool = False, process_group=None):
+        super().__init__(1.0, margin, semi_hard, reduction, gather_distributed, process_group)
+
+
+# --------------------------------------------------------------------------------------------
 # LARS (docs/architecture.md, section 3): per-parameter loop straight from the formula, and a
 # torch._foreach_* twin
 # --------------------------------------------------------------------------------------------

@@ -1,17 +1,13 @@
-// NT-Xent CPU kernels (docs/architecture.md section 2.2): the FlashAttention pattern on the CPU.
-// Rows in tiles, the similarity of a row tile and a column tile computed by one small GEMM into a
-// per-thread buffer, log-sum-exp accumulated in fp32 (fp64 for fp64 inputs); the backward
-// recomputes the tiles. Only [tile, tile] buffers and O(rows * D) vectors are allocated: never a
-// [R, C] matrix.
+// NT-Xent CPU kernels (docs/architecture.md section 2.2): the FlashAttention pattern on the CPU,
+// as the NT-Xent policy of the shared tile loop (tile_loop_cpu.h: tiles, schedules, GEMMs,
+// masking, G += M u). Log-sum-exp accumulated in fp32 (fp64 for fp64 inputs); the backward
+// recomputes the tiles. Never a [R, C] matrix.
 //
-// Two tile schedules, both exact:
-//  - symmetric (the single-process case, flagged by the caller: `symmetric` in ntxent.h): only
-//    the tiles J >= I of the upper triangle are computed; s_IJ = s_JI^T gives the rows of I and
-//    the rows of J from one GEMM (forward: row and column sums; backward: M_IJ u_J for I and
-//    M_IJ^T u_I for J, M being symmetric);
-//  - general (gathered columns; also the symmetric case's forward at a temperature too small for
-//    the fixed shift, and its backward when the per-thread accumulators would exceed their
-//    budget): each row tile sweeps every column tile; row tiles go to threads as they free up.
+// Schedules (tile_loop_cpu.h): symmetric (the single-process case, flagged by the caller:
+// `symmetric` in ntxent.h; forward: row and column sums of each upper tile; backward: M_IJ u_J
+// for I and M_IJ^T u_I for J, M being symmetric); general (gathered columns; also the symmetric
+// case's forward at a temperature too small for the fixed shift, and its backward when the
+// per-chunk accumulators would exceed their budget).
 // Results are bitwise reproducible for a given thread count.
 #include <ATen/Parallel.h>
 
@@ -29,18 +25,15 @@
 
 #include "ntxent/ntxent.h"
 #include "ntxent/ntxent_math.h"
+#include "ntxent/tile_loop_cpu.h"
 
 namespace simclr_ext {
 namespace ntxent {
 
 namespace {
 
-// 256 x 256 tiles: a [256, D] x [D, 256] GEMM is large enough for MKL to run near peak on one
-// core and the fp32 tile (256 KiB) stays in L2 for the elementwise passes that follow.
-constexpr int64_t kTile = 256;
-// Upper bound on the per-thread gradient accumulators of the symmetric backward; above it the
-// general schedule (no accumulators) is used instead.
-constexpr int64_t kAccumulatorBudget = 96ll << 20;
+using namespace tile_loop;  // kTile, TileRange, the schedules (tile_loop_cpu.h)
+
 
 // For unit vectors s <= 1/tau, so c = 1/tau is a safe shift for every row: exp(s - c) <= 1 never
 // overflows, and the smallest term exp(-2/tau) stays a normal number as long as 2/tau is below
@@ -50,97 +43,6 @@ template <typename acc_t>
 bool fixed_shift_ok(double temperature) {
   const double limit = sizeof(acc_t) == 4 ? 80.0 : 700.0;
   return 2.0 / temperature <= limit;
-}
-
-struct TileRange {
-  int64_t begin, size;
-};
-
-inline TileRange tile_range(int64_t tile, int64_t n) {
-  const int64_t b = tile * kTile;
-  return {b, std::min(kTile, n - b)};
-}
-
-inline int64_t num_tiles(int64_t n) { return (n + kTile - 1) / kTile; }
-
-// The symmetric schedule's work items: the tiles (I, J), J >= I, of the upper triangle of the
-// [R, R] similarity matrix, row by row.
-inline std::vector<std::pair<int64_t, int64_t>> upper_triangle_tiles(int64_t R) {
-  const int64_t nt = num_tiles(R);
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  pairs.reserve(nt * (nt + 1) / 2);
-  for (int64_t I = 0; I < nt; ++I)
-    for (int64_t J = I; J < nt; ++J) pairs.emplace_back(I, J);
-  return pairs;
-}
-
-// Writes `value` into the self cells of the [ri.size, rj.size] tile s of rows ri against
-// columns rj: row i is column row_offset + i. -inf before the exp excludes self from the sums
-// exactly; 0 in the coefficients excludes it from the gradient. A tile off the diagonal band
-// has no self cell (the range below is empty).
-template <typename acc_t>
-inline void mask_self(acc_t* s, TileRange ri, TileRange rj, int64_t row_offset, acc_t value) {
-  const int64_t lo = std::max(ri.begin + row_offset, rj.begin);
-  const int64_t hi = std::min(ri.begin + row_offset + ri.size, rj.begin + rj.size);
-  for (int64_t c = lo; c < hi; ++c)
-    s[(c - row_offset - ri.begin) * rj.size + (c - rj.begin)] = value;
-}
-
-// mask_self, plus each row's positive column (rows are [view 1; view 2], R of them): the sums
-// run over the negatives only, the positive is added back exactly (loss_from_negatives,
-// finalize_grad). In the symmetric schedule the cell (i, pos i) of an upper tile stands for
-// both rows of the pair, so masking it by its row masks both.
-template <typename acc_t>
-inline void mask_self_and_positive(acc_t* s, TileRange ri, TileRange rj, int64_t R,
-                                   int64_t row_offset, acc_t value) {
-  mask_self(s, ri, rj, row_offset, value);
-  for (int64_t i = 0; i < ri.size; ++i) {
-    const int64_t c = positive_col(ri.begin + i, R, row_offset);
-    if (c >= rj.begin && c < rj.begin + rj.size) s[i * rj.size + (c - rj.begin)] = value;
-  }
-}
-
-// Runs body(chunk, next) on `chunks` threads; next() yields that chunk's items of [0, n), then -1.
-// Static (items chunk, chunk + chunks, ...): which accumulator an item adds into is fixed, so
-// results are bitwise reproducible for a given thread count. Dynamic (a shared counter): a
-// thread the OS preempts delays only the item it holds; used where each item writes its own
-// rows, so the result does not depend on the hand-out.
-enum class HandOut { kStatic, kDynamic };
-
-template <typename F>
-void parallel_items(int64_t n, int64_t chunks, HandOut mode, const F& body) {
-  std::atomic<int64_t> counter{0};
-  at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      int64_t mine = c;
-      auto next = [&]() -> int64_t {
-        int64_t q;
-        if (mode == HandOut::kDynamic) {
-          q = counter.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          q = mine;
-          mine += chunks;
-        }
-        return q < n ? q : int64_t(-1);
-      };
-      body(c, next);
-    }
-  });
-}
-
-inline int64_t num_chunks(int64_t items) {
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
-}
-
-// Logits of a row tile against a column tile into S: S = (a b^T) / tau, the 1/tau folded into
-// the GEMM's alpha (beta = 0: S's previous content is ignored).
-inline void logits_tile(at::Tensor& S, const at::Tensor& a, const at::Tensor& b, double inv_tau) {
-  S.addmm_(a, b.t(), /*beta=*/0, /*alpha=*/inv_tau);
-}
-
-// A [rows, cols] contiguous view of a flat per-thread buffer.
-inline at::Tensor tile_view(at::Tensor& buf, int64_t rows, int64_t cols) {
-  return buf.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
 // ---- fp32 elementwise passes over a tile: exp fused with what follows it ----------------------
@@ -360,23 +262,7 @@ void exp_shift_sums<float>(at::Tensor& S, float shift, float* row_acc, float* co
 template <typename acc_t>
 at::Tensor positive_logits(const at::Tensor& rows, const at::Tensor& cols, int64_t row_offset,
                            double temperature) {
-  const int64_t R = rows.size(0), D = rows.size(1);
-  at::Tensor out = at::empty({R}, rows.options());
-  const acc_t* u = rows.data_ptr<acc_t>();
-  const acc_t* v = cols.data_ptr<acc_t>();
-  acc_t* o = out.data_ptr<acc_t>();
-  const acc_t inv_tau = acc_t(1.0 / temperature);
-  at::parallel_for(0, R, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const acc_t* a = u + i * D;
-      const acc_t* p = v + positive_col(i, R, row_offset) * D;
-      acc_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < D; ++d) dot += a[d] * p[d];
-      o[i] = dot * inv_tau;
-    }
-  });
-  return out;
+  return positive_dots<acc_t>(rows, cols, row_offset, acc_t(1.0 / temperature));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -387,108 +273,98 @@ at::Tensor positive_logits(const at::Tensor& rows, const at::Tensor& cols, int64
 template <typename acc_t>
 at::Tensor row_sums_symmetric(const at::Tensor& u, double temperature) {
   const int64_t R = u.size(0);
-  const auto pairs = upper_triangle_tiles(R);
-  const int64_t npairs = static_cast<int64_t>(pairs.size());
+  const int64_t npairs = num_tiles(R) * (num_tiles(R) + 1) / 2;
   const int64_t P = num_chunks(npairs);
   at::Tensor sums = at::zeros({P, R}, u.options());
   const acc_t shift = acc_t(1.0 / temperature);
-
-  parallel_items(npairs, P, HandOut::kStatic, [&](int64_t p, const auto& next) {
-    {
-      at::Tensor buf = at::empty({kTile * kTile}, u.options());
-      acc_t* acc = sums.data_ptr<acc_t>() + p * R;
-      for (int64_t q = next(); q >= 0; q = next()) {
-        const auto [I, J] = pairs[q];
-        const TileRange ri = tile_range(I, R), rj = tile_range(J, R);
-        at::Tensor S = tile_view(buf, ri.size, rj.size);
-        logits_tile(S, u.narrow(0, ri.begin, ri.size), u.narrow(0, rj.begin, rj.size),
-                    1.0 / temperature);
-        // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp gives 0.
-        mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, 0,
-                               -std::numeric_limits<acc_t>::infinity());
-        // The transposed tile s_JI: its row sums are this tile's column sums. A diagonal tile
-        // is its own transpose, counted once.
-        exp_shift_sums<acc_t>(S, shift, acc + ri.begin, I != J ? acc + rj.begin : nullptr);
-      }
-    }
-  });
+  forward_symmetric(u, 1.0 / temperature, P,
+                    [&](int64_t p, at::Tensor& S, TileRange ri, TileRange rj, bool off_diag) {
+                      acc_t* acc = sums.data_ptr<acc_t>() + p * R;
+                      // Self excluded exactly: the diagonal of a diagonal tile is -inf, exp
+                      // gives 0.
+                      mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, 0,
+                                             -std::numeric_limits<acc_t>::infinity());
+                      // The transposed tile s_JI: its row sums are this tile's column sums. A
+                      // diagonal tile is its own transpose, counted once.
+                      exp_shift_sums<acc_t>(S, shift, acc + ri.begin,
+                                            off_diag ? acc + rj.begin : nullptr);
+                    });
   return sums.sum(0);
 }
 
+// General schedule, the NT-Xent policy's row statistics: the negatives' log-sum-exp of each row
+// of a row tile (-inf without negatives). With the fixed shift one exp per logit; otherwise the
+// online log-sum-exp (a running max per row, the sum rescaled when it grows).
+template <typename acc_t>
+struct LseWorker {
+  static constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  int64_t R, row_offset;
+  bool fixed;
+  acc_t shift;
+  acc_t* out;
+  std::vector<acc_t> run_max, run_sum, tile_max;
+
+  LseWorker(int64_t R_, int64_t row_offset_, bool fixed_, acc_t shift_, acc_t* out_)
+      : R(R_), row_offset(row_offset_), fixed(fixed_), shift(shift_), out(out_),
+        run_max(kTile), run_sum(kTile), tile_max(kTile) {}
+
+  void begin(TileRange ri) {
+    for (int64_t i = 0; i < ri.size; ++i) lse_init(run_max[i], run_sum[i]);
+  }
+
+  void tile(at::Tensor& S, TileRange ri, TileRange rj) {
+    acc_t* s = S.data_ptr<acc_t>();
+    mask_self_and_positive(s, ri, rj, R, row_offset, kNegInf);
+    if (fixed) {
+      exp_shift_sums<acc_t>(S, shift, run_sum.data(), nullptr);
+      return;
+    }
+    for (int64_t i = 0; i < ri.size; ++i) {
+      acc_t* sr = s + i * rj.size;
+      acc_t m = kNegInf;
+      bool nan = false;
+      for (int64_t j = 0; j < rj.size; ++j) {
+        nan |= std::isnan(sr[j]);
+        m = sr[j] > m ? sr[j] : m;
+      }
+      // NaN in, NaN out: a NaN max poisons the row's sum below.
+      tile_max[i] = nan ? std::numeric_limits<acc_t>::quiet_NaN() : m;
+      // An all-self row (only possible with a one-column tile) keeps -inf - 0 = -inf.
+      const acc_t sub = m == kNegInf ? acc_t(0) : tile_max[i];
+#pragma omp simd
+      for (int64_t j = 0; j < rj.size; ++j) sr[j] -= sub;
+    }
+    S.exp_();
+    for (int64_t i = 0; i < ri.size; ++i) {
+      const acc_t* er = s + i * rj.size;
+      acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < rj.size; ++j) sum += er[j];
+      lse_merge(run_max[i], run_sum[i], tile_max[i], sum);
+    }
+  }
+
+  void end(TileRange ri) {
+    acc_t* o = out + ri.begin;
+    for (int64_t i = 0; i < ri.size; ++i)
+      o[i] = fixed ? shift + log_acc(run_sum[i]) : lse_value(run_max[i], run_sum[i]);
+  }
+};
+
 // General schedule: rows [R] against columns [C]; row i is column row_offset + i (excluded, and
-// so is its positive). Returns the negatives' lse [R] (-inf without negatives). With the fixed
-// shift one exp per logit; otherwise the online log-sum-exp (a running max per row, the sum
-// rescaled when it grows).
+// so is its positive). Returns the negatives' lse [R].
 template <typename acc_t>
 at::Tensor lse_general(const at::Tensor& us, const at::Tensor& cols, int64_t row_offset,
                        double temperature) {
-  const double inv_tau = 1.0 / temperature;
-  const int64_t R = us.size(0), C = cols.size(0);
-  const int64_t nti = num_tiles(R), ntj = num_tiles(C);
+  const int64_t R = us.size(0);
   at::Tensor lse = at::empty({R}, us.options());
   const bool fixed = fixed_shift_ok<acc_t>(temperature);
   const acc_t shift = acc_t(1.0 / temperature);
-  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
-
-  parallel_items(nti, num_chunks(nti), HandOut::kDynamic, [&](int64_t, const auto& next) {
-    at::Tensor buf = at::empty({kTile * kTile}, us.options());
-    std::vector<acc_t> run_max(kTile), run_sum(kTile);
-    for (int64_t I = next(); I >= 0; I = next()) {
-      const TileRange ri = tile_range(I, R);
-      for (int64_t i = 0; i < ri.size; ++i) lse_init(run_max[i], run_sum[i]);
-      for (int64_t J = 0; J < ntj; ++J) {
-        const TileRange rj = tile_range(J, C);
-        at::Tensor S = tile_view(buf, ri.size, rj.size);
-        logits_tile(S, us.narrow(0, ri.begin, ri.size), cols.narrow(0, rj.begin, rj.size),
-                    inv_tau);
-        acc_t* s = S.data_ptr<acc_t>();
-        mask_self_and_positive(s, ri, rj, R, row_offset, kNegInf);
-        if (fixed) {
-          exp_shift_sums<acc_t>(S, shift, run_sum.data(), nullptr);
-        } else {
-          std::vector<acc_t> tile_max(ri.size);
-          for (int64_t i = 0; i < ri.size; ++i) {
-            acc_t* sr = s + i * rj.size;
-            acc_t m = kNegInf;
-            bool nan = false;
-            for (int64_t j = 0; j < rj.size; ++j) {
-              nan |= std::isnan(sr[j]);
-              m = sr[j] > m ? sr[j] : m;
-            }
-            // NaN in, NaN out: a NaN max poisons the row's sum below.
-            tile_max[i] = nan ? std::numeric_limits<acc_t>::quiet_NaN() : m;
-            // An all-self row (only possible with a one-column tile) keeps -inf - 0 = -inf.
-            const acc_t sub = m == kNegInf ? acc_t(0) : tile_max[i];
-#pragma omp simd
-            for (int64_t j = 0; j < rj.size; ++j) sr[j] -= sub;
-          }
-          S.exp_();
-          for (int64_t i = 0; i < ri.size; ++i) {
-            const acc_t* er = s + i * rj.size;
-            acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < rj.size; ++j) sum += er[j];
-            lse_merge(run_max[i], run_sum[i], tile_max[i], sum);
-          }
-        }
-      }
-      acc_t* out = lse.data_ptr<acc_t>() + ri.begin;
-      for (int64_t i = 0; i < ri.size; ++i)
-        out[i] = fixed ? shift + log_acc(run_sum[i]) : lse_value(run_max[i], run_sum[i]);
-    }
+  acc_t* out = lse.data_ptr<acc_t>();
+  forward_general(us, cols, 1.0 / temperature, [&] {
+    return LseWorker<acc_t>(R, row_offset, fixed, shift, out);
   });
   return lse;
-}
-
-// Rows and columns in the accumulation dtype. Under `symmetric` (ntxent.h: the entry checked
-// that u_cols is u_rows and row_offset is 0) the columns are the rows: one conversion, one tensor.
-template <typename acc_t>
-std::pair<at::Tensor, at::Tensor> rows_cols_acc(const at::Tensor& u_rows, const at::Tensor& u_cols,
-                                                bool symmetric) {
-  const auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  at::Tensor rows = u_rows.to(acc).contiguous();
-  at::Tensor cols = symmetric ? rows : u_cols.to(acc).contiguous();
-  return {rows, cols};
 }
 
 template <typename acc_t>
@@ -561,7 +437,7 @@ at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::
                          const at::Tensor& col_weight, const at::Tensor& row_lse,
                          const at::Tensor& row_loss, int64_t row_offset, double temperature,
                          at::ScalarType out_dtype) {
-  const int64_t R = rows.size(0), D = rows.size(1);
+  const int64_t R = rows.size(0);
   at::Tensor q;
   if (row_loss.defined()) {
     q = row_loss.to(rows.scalar_type(), /*non_blocking=*/false, /*copy=*/true).contiguous();
@@ -570,48 +446,23 @@ at::Tensor finalize_grad(const at::Tensor& G, const at::Tensor& rows, const at::
   }
   acc_t* qp = q.data_ptr<acc_t>();
   for (int64_t i = 0; i < R; ++i) qp[i] = positive_deficit(qp[i]);
-  at::Tensor grad = G;  // written in place: each row reads its G_i before overwriting it
-  const acc_t* g = G.data_ptr<acc_t>();
-  const acc_t* u = rows.data_ptr<acc_t>();
-  const acc_t* v = cols.data_ptr<acc_t>();
-  const acc_t* nrm = norm_rows.data_ptr<acc_t>();
   const acc_t* wr = row_weight.data_ptr<acc_t>();
   const acc_t* wc = col_weight.data_ptr<acc_t>();
-  acc_t* out = grad.data_ptr<acc_t>();
-  const acc_t inv_tau = acc_t(1.0 / temperature);
-  at::parallel_for(0, R, 64, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t pc = positive_col(i, R, row_offset);
-      const acc_t wpos = wr[i] * qp[i] + wc[pc] * qp[(i + R / 2) % R];
-      const acc_t* gi = g + i * D;
-      const acc_t* up = v + pc * D;
-      const acc_t* ui = u + i * D;
-      acc_t* oi = out + i * D;
-      acc_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < D; ++d) {
-        oi[d] = (gi[d] - wpos * up[d]) * inv_tau;
-        dot += ui[d] * oi[d];
-      }
-      const acc_t n = nrm[i];
-      for (int64_t d = 0; d < D; ++d) oi[d] = normalize_backward(oi[d], ui[d], dot, n);
-    }
-  });
-  return grad.to(out_dtype);
+  return finalize_rows<acc_t>(
+      G, rows, cols, norm_rows, row_offset, acc_t(1.0 / temperature),
+      [&](int64_t i, int64_t pc) { return wr[i] * qp[i] + wc[pc] * qp[(i + R / 2) % R]; },
+      out_dtype);
 }
 
 // Symmetric schedule: G = M u with M symmetric, each upper tile used for both of its sides.
-// Returns G, or an undefined tensor when the per-thread accumulators would exceed the budget.
+// Returns G, or an undefined tensor when the per-chunk accumulators would exceed the budget.
 template <typename acc_t>
-at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::Tensor& w,
-                          double temperature) {
+at::Tensor grad_symmetric_ntxent(const at::Tensor& u, const at::Tensor& lse, const at::Tensor& w,
+                                 double temperature) {
   const int64_t R = u.size(0), D = u.size(1);
-  const auto pairs = upper_triangle_tiles(R);
-  const int64_t npairs = static_cast<int64_t>(pairs.size());
+  const int64_t npairs = num_tiles(R) * (num_tiles(R) + 1) / 2;
   const int64_t P = num_chunks(npairs);
   if (P > 1 && P * R * D * static_cast<int64_t>(sizeof(acc_t)) > kAccumulatorBudget) return {};
-  std::vector<at::Tensor> accs(P);
-  for (auto& t : accs) t = at::zeros({R, D}, u.options());
   const bool shifted = fixed_shift_ok<acc_t>(temperature);
   const acc_t shift = acc_t(1.0 / temperature);
   acc_t w_scale = acc_t(1);
@@ -621,20 +472,8 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::
     if (!(w_scale > acc_t(0)) || std::isinf(w_scale)) w_scale = acc_t(1);  // 0, inf, NaN
     a = (w / w_scale) * (shift - lse).exp();
   }
-
-  parallel_items(npairs, P, HandOut::kStatic, [&](int64_t p, const auto& next) {
-    {
-      at::Tensor buf = at::empty({kTile * kTile}, u.options());
-      at::Tensor tmp_buf = shifted ? buf : at::empty({kTile * kTile}, u.options());
-      at::Tensor G = accs[p];
-      for (int64_t q = next(); q >= 0; q = next()) {
-        const auto [I, J] = pairs[q];
-        const TileRange ri = tile_range(I, R), rj = tile_range(J, R);
-        at::Tensor S = tile_view(buf, ri.size, rj.size);
-        at::Tensor tmp = tile_view(tmp_buf, ri.size, rj.size);
-        const at::Tensor u_i = u.narrow(0, ri.begin, ri.size);
-        const at::Tensor u_j = u.narrow(0, rj.begin, rj.size);
-        logits_tile(S, u_i, u_j, 1.0 / temperature);
+  at::Tensor G = grad_symmetric<acc_t>(
+      u, 1.0 / temperature, P, [&](at::Tensor& S, at::Tensor& tmp, TileRange ri, TileRange rj) {
         if (shifted) {
           const acc_t* a_ptr = a.data_ptr<acc_t>();
           pair_coeff_tile_shifted<acc_t>(S, a_ptr + ri.begin, a_ptr + rj.begin, shift);
@@ -643,50 +482,24 @@ at::Tensor grad_symmetric(const at::Tensor& u, const at::Tensor& lse, const at::
                                  w.narrow(0, ri.begin, ri.size),
                                  lse.narrow(0, rj.begin, rj.size), w.narrow(0, rj.begin, rj.size));
         }
-        mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, 0, acc_t(0));
-        G.narrow(0, ri.begin, ri.size).addmm_(S, u_j);
-        if (I != J) G.narrow(0, rj.begin, rj.size).addmm_(S.t(), u_i);
-      }
-    }
-  });
-  at::Tensor G = accs[0];
-  for (int64_t p = 1; p < P; ++p) {
-    G.add_(accs[p]);
-    accs[p].reset();  // free each accumulator as soon as it is summed
-  }
+      });
   return w_scale == acc_t(1) ? G : G.mul_(w_scale);
 }
 
 // General schedule: each row tile sweeps all column tiles; G_I = sum_J M_IJ u_J.
 template <typename acc_t>
-at::Tensor grad_general(const at::Tensor& us, const at::Tensor& cols, const at::Tensor& row_lse,
-                        const at::Tensor& col_lse, const at::Tensor& row_weight,
-                        const at::Tensor& col_weight, int64_t row_offset, double temperature) {
-  const int64_t R = us.size(0), C = cols.size(0), D = us.size(1);
-  const int64_t nti = num_tiles(R), ntj = num_tiles(C);
-  at::Tensor G = at::zeros({R, D}, us.options());
-  parallel_items(nti, num_chunks(nti), HandOut::kDynamic, [&](int64_t, const auto& next) {
-    at::Tensor buf = at::empty({kTile * kTile}, us.options());
-    at::Tensor tmp_buf = at::empty({kTile * kTile}, us.options());
-    for (int64_t I = next(); I >= 0; I = next()) {
-      const TileRange ri = tile_range(I, R);
-      at::Tensor G_i = G.narrow(0, ri.begin, ri.size);
-      for (int64_t J = 0; J < ntj; ++J) {
-        const TileRange rj = tile_range(J, C);
-        at::Tensor S = tile_view(buf, ri.size, rj.size);
-        at::Tensor tmp = tile_view(tmp_buf, ri.size, rj.size);
-        const at::Tensor u_j = cols.narrow(0, rj.begin, rj.size);
-        logits_tile(S, us.narrow(0, ri.begin, ri.size), u_j, 1.0 / temperature);
+at::Tensor grad_general_ntxent(const at::Tensor& us, const at::Tensor& cols,
+                               const at::Tensor& row_lse, const at::Tensor& col_lse,
+                               const at::Tensor& row_weight, const at::Tensor& col_weight,
+                               int64_t row_offset, double temperature) {
+  return grad_general<acc_t>(
+      us, cols, row_offset, 1.0 / temperature,
+      [&](at::Tensor& S, at::Tensor& tmp, TileRange ri, TileRange rj) {
         pair_coeff_tile<acc_t>(S, tmp, row_lse.narrow(0, ri.begin, ri.size),
                                row_weight.narrow(0, ri.begin, ri.size),
                                col_lse.narrow(0, rj.begin, rj.size),
                                col_weight.narrow(0, rj.begin, rj.size));
-        mask_self_and_positive(S.data_ptr<acc_t>(), ri, rj, R, row_offset, acc_t(0));
-        G_i.addmm_(S, u_j);
-      }
-    }
-  });
-  return G;
+      });
 }
 
 template <typename acc_t>
@@ -699,10 +512,10 @@ at::Tensor backward_impl(const at::Tensor& u_rows, const at::Tensor& u_cols,
   at::Tensor G;
   // Symmetric: one lse and one weight per row serve it as a row and as a column.
   if (symmetric)
-    G = grad_symmetric<acc_t>(rows, row_lse, row_weight, temperature);
+    G = grad_symmetric_ntxent<acc_t>(rows, row_lse, row_weight, temperature);
   if (!G.defined())
-    G = grad_general<acc_t>(rows, cols, row_lse, col_lse, row_weight, col_weight, row_offset,
-                            temperature);
+    G = grad_general_ntxent<acc_t>(rows, cols, row_lse, col_lse, row_weight, col_weight,
+                                   row_offset, temperature);
   return finalize_grad<acc_t>(G, rows, cols, norm_rows, row_weight, col_weight, row_lse, row_loss,
                               row_offset, temperature, u_rows.scalar_type());
 }
@@ -731,11 +544,11 @@ at::Tensor bank_backward_cpu(const at::Tensor& u_rows, const at::Tensor& bank,
   const at::Tensor col_weight = at::zeros({K}, row_weight.options());
   if (accumulation_dtype(u_rows.scalar_type()) == at::kDouble) {
     const auto [rows, cols] = rows_cols_acc<double>(u_rows, bank, false);
-    return grad_general<double>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
+    return grad_general_ntxent<double>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
                                 temperature);
   }
   const auto [rows, cols] = rows_cols_acc<float>(u_rows, bank, false);
-  return grad_general<float>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
+  return grad_general_ntxent<float>(rows, cols, row_lse, col_lse, row_weight, col_weight, K,
                              temperature);
 }
 

@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 namespace simclr_ext {
@@ -54,7 +55,21 @@ at::Tensor pair_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
                          const at::Tensor& col_weight, int64_t row_offset,
                          const PairLossParams& params, bool symmetric);
 
-// Backends: inputs already validated by the entries above.
+// The same entries with the TF32 decision of ntxent.h (tf32_enabled): nullopt decides now; a
+// backward takes its forward's decision. Only fp32 CUDA inputs use it. The overloads above
+// decide now.
+std::tuple<at::Tensor, at::Tensor> pair_forward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                                                int64_t row_offset, const PairLossParams& params,
+                                                bool symmetric, std::optional<bool> tf32);
+at::Tensor pair_backward(const at::Tensor& u_rows, const at::Tensor& u_cols,
+                         const at::Tensor& norm_rows, const at::Tensor& row_state,
+                         const at::Tensor& col_state, const at::Tensor& row_weight,
+                         const at::Tensor& col_weight, int64_t row_offset,
+                         const PairLossParams& params, bool symmetric, std::optional<bool> tf32);
+
+// Backends: inputs already validated by the entries above. The CPU kernels run the symmetric
+// schedule of tile_loop_cpu.h under `symmetric` (the backward within its accumulator budget),
+// else the general one.
 std::tuple<at::Tensor, at::Tensor> pair_forward_cpu(const at::Tensor& u_rows,
                                                     const at::Tensor& u_cols, int64_t row_offset,
                                                     const PairLossParams& params, bool symmetric);
