@@ -3,6 +3,7 @@ of un-augmented images, a linear classifier, top-1 / top-5 on the held-out split
 
     python python/linear_eval.py runs/20260101-120000            # run directory or .pt file
     python python/linear_eval.py runs/x --random-baseline         # also a random-init encoder
+    python python/linear_eval.py runs/x --features g              # on z = g(h) instead of h
 """
 import argparse
 import json
@@ -12,8 +13,8 @@ import _bootstrap  # noqa: F401  (python/_bootstrap.py: the installed simclr_ext
 
 from simclr_ext.checkpoint import CheckpointError
 from simclr_ext.data import DataError
-from simclr_ext.evaluate import (add_pretrained_arguments, format_table, linear_eval, open_pretrained,
-                                 random_init_model)
+from simclr_ext.evaluate import (FEATURES, add_pretrained_arguments, feature_network, format_table,
+                                 linear_eval, open_pretrained, random_init_model)
 
 
 def main(argv=None):
@@ -21,6 +22,9 @@ def main(argv=None):
     add_pretrained_arguments(p)
     p.add_argument("--eval-epochs", type=int, default=100)
     p.add_argument("--random-baseline", action="store_true", help="also evaluate a random-init encoder")
+    p.add_argument("--features", default="h", choices=FEATURES,
+                   help="h: the encoder's output (the paper's protocol); g: the projection head's "
+                        "output z = g(h)")
     args = p.parse_args(argv)
     if args.eval_epochs < 1:
         p.error(f"--eval-epochs must be >= 1, got {args.eval_epochs}")
@@ -29,15 +33,17 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    encoders = {"SimCLR": run.model.encoder}
+    encoders = {"SimCLR": feature_network(run.model, args.features)}
     if args.random_baseline:
-        encoders["random init"] = random_init_model(run.cfg, args.seed).encoder.to(run.device)
+        rnd = random_init_model(run.cfg, args.seed).to(run.device)
+        encoders["random init"] = feature_network(rnd, args.features)
     results = {name: linear_eval(enc, run.train_source, run.test_source, run.cfg["image_size"],
                                  run.device, run.train_source.num_classes, epochs=args.eval_epochs,
                                  seed=args.seed)
                for name, enc in encoders.items()}
     print(f"linear evaluation of {run.ckpt['path']} (epoch {run.ckpt['epoch']}, step "
-          f"{run.ckpt['global_step']}) on {run.cfg['dataset']}:")
+          f"{run.ckpt['global_step']}) on {run.cfg['dataset']}, features "
+          f"{'h' if args.features == 'h' else 'z = g(h)'}:")
     print(format_table(results))
     print(json.dumps(results))
     return 0

@@ -49,15 +49,20 @@ from simclr_ext.supervised import train_supervised
 RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_dir", "train_size",
             "test_size", "batch_size", "epochs", "base_lr", "lr_scaling", "warmup_epochs",
             "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum",
-            "val_fraction", "augment", "crop_scale", "decode_device")
+            "val_fraction", "augment", "crop_scale", "decode_device", "loss", "semi_hard",
+            "margin")
 # --augment: SimCLRAugment's fused kernels, or the same views made per view with torchvision's
 # functional ops (simclr_ext.reference.SimCLRAugment: same sampler, the baseline it is compared to)
 AUGMENTS = ("fused", "torchvision")
 # checkpoints written before a key existed ran with this value
-RUN_KEY_BEFORE = {"crop_scale": 0.08, "decode_device": "cpu"}
+RUN_KEY_BEFORE = {"crop_scale": 0.08, "decode_device": "cpu", "loss": "nt_xent",
+                  "semi_hard": False, "margin": None}
 # --decode-device: where an ImageFolder's JPEGs are decoded (docs/architecture.md, 10.4): by the
 # loader on the CPU, or from their bytes on the training GPU in one batched nvJPEG call per step
 DECODE_DEVICES = ("cpu", "cuda")
+# --loss: the contrastive objectives of the paper's Table 4 (docs/architecture.md, 2.5)
+LOSSES = ("nt_xent", "nt_logistic", "margin_triplet")
+DEFAULT_MARGIN = 0.5
 
 
 def build_parser():
@@ -103,7 +108,17 @@ def build_parser():
     o.add_argument("--weight-decay", type=float, default=1e-6)
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--lars-eta", type=float, default=0.001)
-    o.add_argument("--temperature", type=float, default=0.1)
+    o.add_argument("--loss", default="nt_xent", choices=LOSSES,
+                   help="the contrastive loss on z (the paper's Table 4): NT-Xent, NT-Logistic "
+                        "(--temperature too) or the margin triplet loss (--margin)")
+    o.add_argument("--semi-hard", action="store_true",
+                   help="nt_logistic / margin_triplet: only semi-hard negatives (NT-Logistic: "
+                        "those farther than the positive; margin triplet: those within the margin "
+                        "of it)")
+    o.add_argument("--margin", type=float, default=None,
+                   help=f"margin_triplet: the margin on cosine similarities (default {DEFAULT_MARGIN})")
+    o.add_argument("--temperature", type=float, default=0.1,
+                   help="NT-Xent and NT-Logistic temperature")
     o.add_argument("--crop-scale", type=float, default=None,
                    help="lower bound of the random crop's area fraction; default 0.35 up to 64 px, "
                         "0.08 (the paper's) above")
@@ -173,6 +188,13 @@ def validate(p, args):
     for name in ("base_lr", "temperature"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.semi_hard and args.loss == "nt_xent":
+        p.error("--semi-hard applies to --loss nt_logistic or margin_triplet; NT-Xent weighs every "
+                "negative by its softmax and has no mining")
+    if args.margin is not None and args.loss != "margin_triplet":
+        p.error(f"--margin applies to --loss margin_triplet only, got --loss {args.loss}")
+    if args.margin is not None and not args.margin > 0:
+        p.error(f"--margin must be > 0, got {args.margin}")
     if (args.weight_decay < 0 or (args.color_strength is not None and args.color_strength < 0)
             or (args.blur_p is not None and not 0 <= args.blur_p <= 1)):
         p.error("--weight-decay and --color-strength must be >= 0 and --blur-p in [0, 1]")
@@ -347,7 +369,7 @@ def make_plot(run_dir, results=None) -> bool:
     if tr:
         axes[0].plot([r["step"] for r in tr], [r["loss"] for r in tr])
         axes[1].plot([r["step"] for r in tr], [r["lr"] for r in tr])
-    axes[0].set(title="NT-Xent loss", xlabel="step")
+    axes[0].set(title="training loss", xlabel="step")
     axes[1].set(title="learning rate", xlabel="step")
     if results:
         names = list(results)
@@ -551,8 +573,8 @@ def build_training(s: Setup, data: Data) -> Training:
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
-    loss_cls, lars_cls, _ = build_ops(a.impl)
-    criterion = loss_cls(temperature=a.temperature, gather_distributed=world > 1)
+    _, lars_cls, _ = build_ops(a.impl)
+    criterion = build_criterion(a, world > 1)
     peak_lr = scaled_lr(a.base_lr, a.batch_size, a.lr_scaling)
     optimizer = lars_cls(simclr_ext.simclr_param_groups(core, a.weight_decay), lr=peak_lr,
                          momentum=a.momentum, weight_decay=a.weight_decay, eta=a.lars_eta)
@@ -568,6 +590,22 @@ def build_training(s: Setup, data: Data) -> Training:
                       generator=aug_gen, channels_last=memory_format == torch.channels_last)
     return Training(model, core, memory_format, criterion, optimizer, schedule, scaler, augment,
                     aug_gen, peak_lr, LossGuard(dev))
+
+
+def build_criterion(a, gather_distributed: bool) -> torch.nn.Module:
+    """The --loss module (--impl fused: simclr_ext's kernels; reference: the plain-PyTorch twins
+    in simclr_ext.reference), negatives gathered across ranks when gather_distributed."""
+    m = simclr_ext if a.impl == "fused" else simclr_reference
+    if a.loss == "nt_xent":
+        return build_ops(a.impl)[0](temperature=a.temperature, gather_distributed=gather_distributed)
+    if a.loss == "nt_logistic":
+        return m.NTLogisticLoss(temperature=a.temperature, semi_hard=a.semi_hard,
+                                gather_distributed=gather_distributed)
+    if a.loss == "margin_triplet":
+        margin = DEFAULT_MARGIN if a.margin is None else a.margin
+        return m.MarginTripletLoss(margin=margin, semi_hard=a.semi_hard,
+                                   gather_distributed=gather_distributed)
+    raise ValueError(f"--loss: unknown loss {a.loss!r}; expected one of {LOSSES}")
 
 
 def restore(s: Setup, tr: Training, ckpt: dict) -> Position:
@@ -731,7 +769,7 @@ def pretrain(s: Setup, data: Data, tr: Training, pos: Position, monitor=None):
           f"{sum(p.numel() for p in tr.core.parameters()) / 1e6:.2f} M params) on {s.device} x "
           f"{s.info.world_size}, {s.precision}, global batch {a.batch_size}, {a.epochs} epochs x "
           f"{data.steps_per_epoch} steps, peak lr {tr.peak_lr:.3g}, impl {a.impl}, augment "
-          f"{a.augment}")
+          f"{a.augment}, loss {loss_name(a)}")
     interrupted = None
     with StopFlag() as stop:
         while pos.epoch < a.epochs and interrupted is None:
@@ -817,6 +855,15 @@ def resolve_defaults(args):
     for k, v in augmentation_defaults(args.image_size).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.loss == "margin_triplet" and args.margin is None:
+        args.margin = DEFAULT_MARGIN
+
+
+def loss_name(a) -> str:
+    """--loss with its knobs, as the log and the studies name it."""
+    extra = {"nt_xent": f"t={a.temperature}", "nt_logistic": f"t={a.temperature}",
+             "margin_triplet": f"m={a.margin if a.margin is not None else DEFAULT_MARGIN}"}[a.loss]
+    return f"{a.loss} ({extra}{', semi-hard' if a.semi_hard else ''})"
 
 
 def build_monitor(s: Setup, data: Data, tr: Training) -> Optional[EpochMonitor]:

@@ -1,4 +1,5 @@
-"""The linear evaluation protocol: frozen encoder, features h of un-augmented images, a linear
+"""The linear evaluation protocol: frozen encoder, features h of un-augmented images (or, for the
+paper's h-versus-g(h) comparison, the projection output z = g(h): feature_network), a linear
 classifier trained on the train split, top-1 / top-5 on the held-out split. Also what
 python/linear_eval.py and python/finetune.py share: their common flags, loading a saved run,
 the random-init baseline model."""
@@ -35,6 +36,22 @@ def extract_features(encoder, source, image_size: int, device, batch_size: int =
         labels.append(torch.as_tensor(y))
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+# Where linear evaluation reads a SimCLRModel: h (the encoder's pooled output, the paper's
+# representation) or g(h) (the projection head's output z, what the loss sees).
+FEATURES = ("h", "g")
+
+
+def feature_network(model, at: str = "h"):
+    """The network whose output linear evaluation reads: model.encoder for at="h", encoder then
+    head for at="g" (z = g(h); with the 'none' head this is h again). Shares model's weights."""
+    if at == "h":
+        return model.encoder
+    if at == "g":
+        return torch.nn.Sequential(model.encoder, model.head)
+    raise ValueError(f"at must be one of {FEATURES} (h = encoder output, g = projection head "
+                     f"output), got {at!r}")
 
 
 def topk_accuracy(logits, labels, ks=(1, 5)):

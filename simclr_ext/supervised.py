@@ -34,9 +34,11 @@ def train_supervised(train_source, test_source, image_size: int, num_classes: in
                      arch: str = "resnet18", width: int = 16, epochs: int = 30,
                      batch_size: int = 128, crop_scale=(0.08, 1.0), base_lr: float = 0.1,
                      weight_decay: float = 5e-4, device="cpu", seed: int = 0,
-                     log=None) -> dict:
+                     color_strength: float = 0.0, blur_p: float = 0.0, log=None) -> dict:
     """Train the encoder + a linear layer with cross-entropy; -> {'top1', 'top5', 'train_top1',
-    'seconds'} (percent; train_top1 on un-augmented train images)."""
+    'seconds'} (percent; train_top1 on un-augmented train images). color_strength > 0 or
+    blur_p > 0 add SimCLR's color distortion (p 0.8, gray 0.2) and blur to the crop + flip, on
+    the device (data.DeviceAugment): the paper's supervised column of its color study."""
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     device = torch.device(device)
@@ -54,6 +56,16 @@ def train_supervised(train_source, test_source, image_size: int, num_classes: in
     data = OneView(train_source, image_size, seed=seed, scale=crop_scale)
     steps_per_epoch = max(1, len(data) // batch_size)
     sched = WarmupCosine(peak, epochs * steps_per_epoch, int(round(0.1 * epochs * steps_per_epoch)))
+    distort = None
+    if color_strength > 0 or blur_p > 0:
+        from .augment import ColorDistortion
+        from .data import DeviceAugment
+
+        # its own generator: the crops and the classifier's init keep their random streams
+        distort = DeviceAugment(ColorDistortion, image_size, color_strength, blur_p,
+                                generator=torch.Generator(device).manual_seed(seed + 778))
+        if color_strength == 0:  # blur only: the color op at strength 0 is the identity
+            distort.color.p = distort.color.p_gray = 0.0
     step = 0
     model.train()
     for epoch in range(epochs):
@@ -63,7 +75,8 @@ def train_supervised(train_source, test_source, image_size: int, num_classes: in
         total, n = 0.0, 0
         for x, y in loader:
             sched.apply(opt, step)
-            x, y = normalize(x.to(device)), y.to(device)
+            x, y = x.to(device), y.to(device)
+            x = distort(x) if distort is not None else normalize(x)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -265,6 +265,10 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     (["--augment", "kornia"], "invalid choice: 'kornia'"),
     (["--crop-scale", "0"], "--crop-scale must be in (0, 1]"),
     (["--monitor-every", "-1"], "--monitor-every must be >= 0"),
+    (["--semi-hard"], "--semi-hard applies to --loss nt_logistic or margin_triplet"),
+    (["--loss", "nt_logistic", "--margin", "0.3"], "--margin applies to --loss margin_triplet only"),
+    (["--loss", "margin_triplet", "--margin", "0"], "--margin must be > 0"),
+    (["--loss", "infonce"], "invalid choice: 'infonce'"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys, scripts):
     train = scripts.train
@@ -451,3 +455,38 @@ def test_scripts_find_the_installed_package_first_then_a_built_source_tree(tmp_p
     (site / "simclr_ext" / "__init__.py").write_text("")
     out = run_probe(bare, extra_path=site)
     assert out.returncode == 0 and f"FROM {site / 'simclr_ext' / '__init__.py'}" in out.stdout, out.stderr
+
+
+def _criterion_args(**kw):
+    base = dict(impl="fused", loss="nt_xent", temperature=0.2, semi_hard=False, margin=None)
+    return SimpleNamespace(**dict(base, **kw))
+
+
+@pytest.mark.parametrize("loss, knobs, other", [
+    ("nt_logistic", {"temperature": 0.3}, {"temperature": 0.3, "semi_hard": True}),
+    ("margin_triplet", {"margin": 0.3}, {"margin": 0.8}),
+    ("margin_triplet", {"margin": 0.4, "semi_hard": True}, {"margin": 0.4}),
+])
+def test_loss_flag_builds_that_loss_with_its_knobs_fused_and_reference(scripts, loss, knobs, other):
+    train = scripts.train
+    z = torch.randn(48, 16, dtype=torch.float32)
+    fused = train.build_criterion(_criterion_args(loss=loss, **knobs), False)
+    ref = train.build_criterion(_criterion_args(loss=loss, impl="reference", **knobs), False)
+    changed = train.build_criterion(_criterion_args(loss=loss, **other), False)
+    assert type(fused).__name__ == type(ref).__name__ and fused.__class__ is not ref.__class__
+    torch.testing.assert_close(fused(z), ref(z), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fused(z), changed(z))  # the knob reached the loss
+
+
+def test_other_loss_trains_and_a_resume_keeps_it(tmp_path, capsys, scripts):
+    train = scripts.train
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--epochs", "1", "--no-eval", "--run-dir", str(run),
+                              "--loss", "margin_triplet", "--semi-hard"]) == 0
+    ck = ckpt_lib.load(str(run))
+    assert (ck["config"]["loss"], ck["config"]["semi_hard"], ck["config"]["margin"]) == (
+        "margin_triplet", True, 0.5)
+    assert "loss margin_triplet (m=0.5, semi-hard)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(run), "--loss", "nt_xent"])
+    assert "--loss 'nt_xent' (checkpoint: 'margin_triplet')" in capsys.readouterr().err
