@@ -57,32 +57,41 @@ def _(images, factors, order, apply_jitter, apply_gray, out_dtype, mean, std):
     )
 
 
-_DOUBLE_BACKWARD = (
-    "simclr_ext NT-Xent has no double backward (create_graph=True through its fused backward, "
-    "e.g. a gradient penalty); use simclr_ext.reference.nt_xent_loss or "
-    "simclr_ext.reference.NTXentLoss, the plain-PyTorch twin, for higher-order gradients"
-)
+# The plain-PyTorch twin that has higher-order gradients, per fused loss.
+_TWINS = {
+    "NT-Xent": "simclr_ext.reference.nt_xent_loss or simclr_ext.reference.NTXentLoss",
+    "NT-Logistic": "simclr_ext.reference.nt_logistic_loss",
+    "margin triplet": "simclr_ext.reference.margin_triplet_loss",
+}
+
+
+def _double_backward_message(loss: str) -> str:
+    return (f"simclr_ext {loss} has no double backward (create_graph=True through its fused "
+            f"backward, e.g. a gradient penalty); use {_TWINS[loss]}, the plain-PyTorch twin, "
+            "for higher-order gradients")
 
 
 class _FirstOrderOnly(torch.autograd.Function):
     """Identity on a gradient computed by a fused backward; differentiating it raises."""
 
     @staticmethod
-    def forward(ctx, grad, *anchors):
+    def forward(ctx, loss, grad, *anchors):
+        ctx.loss = loss
         return grad.clone()
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(_double_backward_message(ctx.loss))
 
 
-def _first_order_only(grad, *anchors):
+def _first_order_only(grad, *anchors, loss: str = "NT-Xent"):
     """Under create_graph=True, tie `grad` to the graph so that a double backward through it
-    raises a clear error instead of treating the fused gradient as a constant."""
+    raises a clear error (naming `loss`'s plain-PyTorch twin) instead of treating the fused
+    gradient as a constant."""
     if grad is None or not torch.is_grad_enabled():
         return grad
     anchors = [a for a in anchors if isinstance(a, Tensor) and a.requires_grad]
-    return _FirstOrderOnly.apply(grad, *anchors) if anchors else grad
+    return _FirstOrderOnly.apply(loss, grad, *anchors) if anchors else grad
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +256,11 @@ def _(params, grads, momentum_buffers, lrs, weight_decays, momentums, etas, lars
 PAIR_LOGISTIC, PAIR_TRIPLET = 1, 2
 
 
+def pair_loss_name(kind: int) -> str:
+    """The loss a pair-op kind code stands for, as error messages name it."""
+    return "NT-Logistic" if kind == PAIR_LOGISTIC else "margin triplet"
+
+
 @torch.library.custom_op("simclr_ext::pair_forward", mutates_args=())
 def pair_forward(z: Tensor, kind: int, temperature: float, margin: float,
                  semi_hard: bool) -> Tuple[Tensor, Tensor]:
@@ -298,7 +312,8 @@ def _pair_backward_autograd(ctx, grad_row_loss, grad_row_state):
         return None, None, None, None, None
     with torch.no_grad():  # first order only: see _first_order_only
         grad = pair_backward(z, row_state, grad_row_loss, *ctx.params, ctx.tf32)
-    return _first_order_only(grad, z, grad_row_loss), None, None, None, None
+    return (_first_order_only(grad, z, grad_row_loss, loss=pair_loss_name(ctx.params[0])),
+            None, None, None, None)
 
 
 pair_forward.register_autograd(_pair_backward_autograd, setup_context=_pair_setup_context)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import _ops
 from ._extension import _C
-from ._ops import PAIR_LOGISTIC, PAIR_TRIPLET, _first_order_only
+from ._ops import PAIR_LOGISTIC, PAIR_TRIPLET, _first_order_only, pair_loss_name
 from .loss import (_all_gather_rows, _check_gather_available, _check_inputs, _gather_sizes,
                    _gathering, _check_temperature_reduction)
 
@@ -85,7 +85,8 @@ class _GatheredPair(torch.autograd.Function):
             col_state, col_weight = cols[:, :3].contiguous(), cols[:, 3].contiguous()
             grad = _C.pair_backward(u, u_cols, norm, row_state, col_state, w, col_weight,
                                     ctx.row_offset, *ctx.params, symmetric=False, tf32=ctx.tf32)
-        return _first_order_only(grad, ctx.z, grad_row_loss), None, None, None
+        return (_first_order_only(grad, ctx.z, grad_row_loss, loss=pair_loss_name(ctx.params[0])),
+                None, None, None)
 
 
 def _pair_loss(z: Tensor, params, reduction: str, gather_distributed: bool,

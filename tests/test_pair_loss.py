@@ -467,3 +467,27 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(RuntimeError, match="symmetric=True means the rows are their own"):
         _C.pair_backward(u, u, norm, state, state.clone(), w, w, 0, 1, 0.5, 0.5, False,
                          symmetric=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Double backward: a clear error naming the loss's plain-PyTorch twin, which supports it
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", LOSSES)
+@pytest.mark.parametrize("form", ["function", "module"])
+def test_double_backward_names_the_reference_twin(device, kind, form):
+    z = _rand(8, 6, device, seed=11).requires_grad_(True)
+    if form == "function":
+        loss = _fused(kind, z)
+    else:
+        crit = simclr_ext.NTLogisticLoss(0.5) if kind == "logistic" else \
+            simclr_ext.MarginTripletLoss(0.5)
+        loss = crit(z[:4], z[4:])
+    (g,) = torch.autograd.grad(loss, z, create_graph=True)
+    name = "NT-Logistic" if kind == "logistic" else "margin triplet"
+    twin = "nt_logistic_loss" if kind == "logistic" else "margin_triplet_loss"
+    with pytest.raises(RuntimeError, match=rf"{name} has no double backward.*reference\.{twin}"):
+        g.pow(2).sum().backward()
+    # the twin does support it
+    (g,) = torch.autograd.grad(_ref(kind, z), z, create_graph=True)
+    g.pow(2).sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
