@@ -57,7 +57,10 @@ def test_each_isa_variant_matches_reference(tmp_path, cap, tau):
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(tmp_path / "z.pt"), str(tmp_path / "up.pt"), str(tau),
          str(tmp_path / "out.pt")],
-        env=_child_env(cap), capture_output=True, text=True, timeout=300)
+        env=_child_env(cap), capture_output=True, text=True, timeout=300,
+        # not the repository root: `python -c` puts its working directory first on sys.path,
+        # where the bare source tree (no built _C) would shadow the package under test
+        cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     flags = json.loads(out.stdout.strip().splitlines()[-1])
     assert flags["same_bits"], "two calls gave different bits"
