@@ -154,7 +154,31 @@ def margin_triplet_loss(z_i: Tensor, z_j: Optional[Tensor] = None, margin: float
                       process_group)
 
 
-class NTLogisticLoss(nn.Module):
+class _PairLossModule(nn.Module):
+    """What the two pair-loss modules share: flags, reduction, gathering and forward(out0, out1)
+    with two (N, D) views, or forward(out0) with one (2N, D) tensor laid out [view 1; view 2]."""
+
+    def _init_common(self, semi_hard, reduction, gather_distributed, process_group) -> None:
+        self.semi_hard = _check_flag(semi_hard, "semi_hard")
+        self.reduction = reduction
+        self.gather_distributed = _check_flag(gather_distributed, "gather_distributed")
+        _check_gather_available(self.gather_distributed)
+        self.process_group = process_group
+
+    def _params(self) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, out0: Tensor, out1: Optional[Tensor] = None) -> Tensor:
+        z, _ = _check_inputs(out0, out1, 1.0, self.reduction, ("out0", "out1"))
+        return _pair_loss(z, self._params(), self.reduction, self.gather_distributed,
+                          self.process_group)
+
+    def extra_repr(self) -> str:
+        return (f"semi_hard={self.semi_hard}, reduction={self.reduction!r}, "
+                f"gather_distributed={self.gather_distributed}")
+
+
+class NTLogisticLoss(_PairLossModule):
     """Fused NT-Logistic loss (see nt_logistic_loss). forward(out0, out1) with two (N, D) views,
     or forward(out0) with one (2N, D) tensor laid out [view 1; view 2]."""
 
@@ -163,40 +187,26 @@ class NTLogisticLoss(nn.Module):
                  process_group=None):
         super().__init__()
         self.temperature = _check_temperature(temperature, reduction)
-        self.semi_hard = _check_flag(semi_hard, "semi_hard")
-        self.reduction = reduction
-        self.gather_distributed = _check_flag(gather_distributed, "gather_distributed")
-        _check_gather_available(self.gather_distributed)
-        self.process_group = process_group
+        self._init_common(semi_hard, reduction, gather_distributed, process_group)
 
-    def forward(self, out0: Tensor, out1: Optional[Tensor] = None) -> Tensor:
-        z, _ = _check_inputs(out0, out1, 1.0, self.reduction, ("out0", "out1"))
-        params = (PAIR_LOGISTIC, self.temperature, 0.0, self.semi_hard)
-        return _pair_loss(z, params, self.reduction, self.gather_distributed, self.process_group)
+    def _params(self) -> tuple:
+        return (PAIR_LOGISTIC, self.temperature, 0.0, self.semi_hard)
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, semi_hard={self.semi_hard}, "
-                f"reduction={self.reduction!r}, gather_distributed={self.gather_distributed}")
+        return f"temperature={self.temperature}, " + super().extra_repr()
 
 
-class MarginTripletLoss(nn.Module):
+class MarginTripletLoss(_PairLossModule):
     """Fused margin triplet loss (see margin_triplet_loss), with NTLogisticLoss's forward."""
 
     def __init__(self, margin: float = 0.5, semi_hard: bool = False, reduction: str = "mean",
                  gather_distributed: bool = False, process_group=None):
         super().__init__()
         self.margin = _check_margin(margin, reduction)
-        self.semi_hard = _check_flag(semi_hard, "semi_hard")
-        self.reduction = reduction
-        self.gather_distributed = _check_flag(gather_distributed, "gather_distributed")
-        _check_gather_available(self.gather_distributed)
-        self.process_group = process_group
+        self._init_common(semi_hard, reduction, gather_distributed, process_group)
 
-    def forward(self, out0: Tensor, out1: Optional[Tensor] = None) -> Tensor:
-        z, _ = _check_inputs(out0, out1, 1.0, self.reduction, ("out0", "out1"))
-        params = (PAIR_TRIPLET, 1.0, self.margin, self.semi_hard)
-        return _pair_loss(z, params, self.reduction, self.gather_distributed, self.process_group)
+    def _params(self) -> tuple:
+        return (PAIR_TRIPLET, 1.0, self.margin, self.semi_hard)
 
     def extra_repr(self) -> str:
-        return (f"margin={self.margin}, semi_hard={self.semi_hard}, "
-                f"reduction={self.reduction!r}, gather_distributed={self.gather_distributed}")
+        return f"margin={self.margin}, " + super().extra_repr()

@@ -112,6 +112,24 @@ def _reduce(row_loss: Tensor, reduction: str) -> Tensor:
         return row_loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
+def _reduce_gathered(row_loss: Tensor, reduction: str, group) -> Tensor:
+    """Reduce this rank's row losses (computed against the gathered columns, every rank with
+    the same row count) to the global loss. "none": this rank's rows (the all_gather backward
+    sums across ranks). Else value: the global loss, the same on every rank; gradient: W x this
+    rank's share, so that the all_gather backward (a sum over ranks) and DDP's average over the
+    W ranks give exactly the gradient of the global loss."""
+    import torch.distributed as dist
+
+    if reduction == "none":
+        return row_loss
+    world = dist.get_world_size(group)
+    local = row_loss.sum()
+    total = local.detach().clone()
+    dist.all_reduce(total, group=group)
+    scale = 1.0 / (world * row_loss.shape[0]) if reduction == "mean" else 1.0
+    share = local * (world * scale)
+    return total * scale + (share - share.detach())
+
 
 def nt_xent_loss(z_i: Tensor, z_j: Optional[Tensor] = None, temperature: float = 0.5,
                  reduction: str = "mean") -> Tensor:
@@ -211,17 +229,7 @@ class NTXentLoss(nn.Module):
         u_cols = torch.cat(dist_fn.all_gather(u, group=group), dim=0)
         logits, positive = _ntxent_logits(u, u_cols, rank * u.shape[0], self.temperature)
         row_loss = F.cross_entropy(logits, positive, reduction="none")
-        if self.reduction == "none":
-            return row_loss  # this rank's rows; the all_gather backward sums across ranks
-        local = row_loss.sum()
-        total = local.detach().clone()
-        dist.all_reduce(total, group=group)
-        scale = 1.0 / (world * u.shape[0]) if self.reduction == "mean" else 1.0
-        # Value: the global loss, the same on every rank. Gradient: W x this rank's share, so
-        # that the all_gather backward (a sum over ranks) and DDP's average over the W ranks
-        # give exactly the gradient of the global loss.
-        share = local * (world * scale)
-        return total * scale + (share - share.detach())
+        return _reduce_gathered(row_loss, self.reduction, group)
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,17 +317,10 @@ class _PairLossModule(nn.Module):
         import torch.distributed.nn.functional as dist_fn
 
         group = self.process_group
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        rank = dist.get_rank(group)
         u_cols = torch.cat(dist_fn.all_gather(u, group=group), dim=0)
         row_loss = _pair_row_loss(u, u_cols, rank * u.shape[0], *args)
-        if self.reduction == "none":
-            return row_loss
-        local = row_loss.sum()
-        total = local.detach().clone()
-        dist.all_reduce(total, group=group)
-        scale = 1.0 / (world * u.shape[0]) if self.reduction == "mean" else 1.0
-        share = local * (world * scale)
-        return total * scale + (share - share.detach())
+        return _reduce_gathered(row_loss, self.reduction, group)
 
 
 class NTLogisticLoss(_PairLossModule):

@@ -6,6 +6,7 @@
 
 #include "common/checks.h"
 #include "common/numeric.h"
+#include "ntxent/entry_checks.h"
 #include "ntxent/ntxent.h"
 
 namespace simclr_ext {
@@ -28,37 +29,8 @@ void check_params(const PairLossParams& p, const char* op) {
 
 void check_rows_cols(const at::Tensor& u_rows, const at::Tensor& u_cols, int64_t row_offset,
                      const PairLossParams& p, bool symmetric, const char* op) {
-  SIMCLR_CHECK_DEFINED(u_rows);
-  SIMCLR_CHECK_DEFINED(u_cols);
-  check_backend_available(u_rows, op);
-  SIMCLR_CHECK_FLOATING(u_rows);
-  SIMCLR_CHECK_DIM(u_rows, 2);
-  SIMCLR_CHECK_DIM(u_cols, 2);
-  SIMCLR_CHECK_SAME_DEVICE(u_rows, u_cols);
-  SIMCLR_CHECK_SAME_DTYPE(u_rows, u_cols);
-  const int64_t R = u_rows.size(0), C = u_cols.size(0);
-  TORCH_CHECK(R > 0 && R % 2 == 0, op, ": u_rows must hold 2N > 0 rows ([view 1; view 2]), got ",
-              R);
-  TORCH_CHECK(u_rows.size(1) > 0, op, ": the embedding dimension D must be > 0, got shape ",
-              u_rows.sizes());
-  TORCH_CHECK(u_cols.size(1) == u_rows.size(1), op, ": u_cols must have D = ", u_rows.size(1),
-              " columns like u_rows, got shape ", u_cols.sizes());
-  TORCH_CHECK(row_offset >= 0 && row_offset + R <= C, op, ": row_offset ", row_offset,
-              " with ", R, " rows does not fit in ", C, " columns");
-  TORCH_CHECK(!symmetric || (u_cols.is_same(u_rows) && row_offset == 0), op,
-              ": symmetric=True means the rows are their own columns: pass u_cols = u_rows and "
-              "row_offset = 0 (got row_offset ", row_offset, ")");
+  check_layout(u_rows, u_cols, row_offset, symmetric, op);
   check_params(p, op);
-}
-
-void check_vector(const at::Tensor& t, int64_t n, const at::Tensor& like, const char* name,
-                  const char* op) {
-  TORCH_CHECK(t.defined() && t.dim() == 1 && t.size(0) == n, op, ": ", name,
-              " must be a 1-d tensor of ", n, " elements, got ",
-              t.defined() ? t.sizes() : at::IntArrayRef{});
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " must be on ", like.device(),
-              ", got ", t.device());
-  TORCH_CHECK(t.is_floating_point(), op, ": ", name, " must be floating, got ", t.scalar_type());
 }
 
 void check_state(const at::Tensor& t, int64_t n, const at::Tensor& like, const char* name,
