@@ -32,7 +32,8 @@ from simclr_ext.supervised import train_supervised  # noqa: E402
 
 # The recipe before this study (python/train.py's defaults), at a short budget.
 BASE = dict(image_size=None, crop=0.08, color=1.0, blur=0.5, base_lr=0.075, lr_scaling="sqrt",
-            temperature=0.2, width=16, epochs=15, batch_size=128, train_size=2000, test_size=1000)
+            temperature=0.2, width=16, epochs=15, batch_size=128, train_size=2000, test_size=1000,
+            crop_max=1.0, ramp=0.0, gray=0.2, chperm=0.0)
 # native sizes of the embedded sets as the study renders them
 NATIVE = {"shapes": 24, "objects": 24}
 
@@ -44,6 +45,29 @@ RANK = [{}, CAND] + [dict(CAND, **k) for k in (
     {"base_lr": 0.15}, {"base_lr": 0.0375})]
 
 
+def add_ramp(x, amp, gen):
+    """Per view, a random linear illumination ramp: + a * (cos t * u + sin t * v) in [0, 1] units
+    (u, v in [-1, 1] across the view, a ~ U[0, amp], t ~ U[0, 2 pi]), on normalized views."""
+    from simclr_ext.data import IMAGENET_STD
+    n, _, h, w = x.shape
+    r = torch.rand(n, 2, generator=gen, device=x.device)
+    a, t = amp * r[:, 0], 2 * math.pi * r[:, 1]
+    u = torch.linspace(-1, 1, w, device=x.device).view(1, 1, w)
+    v = torch.linspace(-1, 1, h, device=x.device).view(1, h, 1)
+    ramp = a.view(n, 1, 1) * (torch.cos(t).view(n, 1, 1) * u + torch.sin(t).view(n, 1, 1) * v)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x + ramp[:, None] / std
+
+
+def channel_perm(x, p, gen):
+    """With probability p per view, a random permutation of the RGB channels."""
+    n = x.shape[0]
+    perm = torch.rand(n, 3, generator=gen, device=x.device).argsort(1)
+    on = torch.rand(n, generator=gen, device=x.device) < p
+    perm = torch.where(on[:, None], perm, torch.arange(3, device=x.device))
+    return torch.gather(x, 1, perm.view(n, 3, 1, 1).expand_as(x))
+
+
 def variant_name(v):
     return ",".join(f"{k}={v[k]}" for k in sorted(v)) or "base"
 
@@ -52,7 +76,7 @@ def pretrain(cfg, pre_src, dev, seed=0, monitor=None, log=None):
     """SimCLR pretraining with cfg's knobs; -> (model, augment, channels_last, per-epoch records)."""
     torch.manual_seed(seed)
     size = cfg["image_size"]
-    views = TwoViews(pre_src, size, seed=seed, scale=(cfg["crop"], 1.0))
+    views = TwoViews(pre_src, size, seed=seed, scale=(cfg["crop"], cfg.get("crop_max", 1.0)))
     model = SimCLRModel("resnet18", size, "nonlinear", cfg["width"], 128).to(dev)
     cl = preferred_memory_format(model, dev) == torch.channels_last
     if cl:
@@ -67,6 +91,8 @@ def pretrain(cfg, pre_src, dev, seed=0, monitor=None, log=None):
     aug = DeviceAugment(color_cls, size, cfg["color"], cfg["blur"],
                         generator=torch.Generator(dev).manual_seed(seed + 1),
                         memory_format=torch.channels_last if cl else torch.contiguous_format).to(dev)
+    ramp_gen = torch.Generator(dev).manual_seed(seed + 2)
+    aug.color.p_gray = cfg.get("gray", 0.2)
     step, recs = 0, []
     for epoch in range(cfg["epochs"]):
         views.set_epoch(epoch)
@@ -77,7 +103,12 @@ def pretrain(cfg, pre_src, dev, seed=0, monitor=None, log=None):
         for pair, _ in loader:
             sched.apply(opt, step)
             b = pair.shape[0]
-            x = aug(pair.to(dev).transpose(0, 1).reshape(2 * b, *pair.shape[2:]))
+            x = pair.to(dev).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
+            if cfg.get("chperm", 0.0) > 0:
+                x = channel_perm(x, cfg["chperm"], ramp_gen)
+            x = aug(x)
+            if cfg.get("ramp", 0.0) > 0:
+                x = add_ramp(x, cfg["ramp"], ramp_gen)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = simclr_step(model, crit, opt, x)
