@@ -592,8 +592,10 @@ class DeviceAugment(nn.Module):
     then Gaussian blur (p, sigma ~ U[0.1, 2], kernel 10% of the side, per image), returned as
     float32 in `memory_format` (the model's: see models.preferred_memory_format). Without blur the
     color kernel writes that layout itself; the blur runs on NCHW and its result is copied once.
-    All randomness comes from one generator on the images' device (its state is checkpointed):
-    color parameters first, then the blur's.
+    With ramp > 0, each view then gets an illumination ramp (pipeline.illumination_ramp, a ~ U[0,
+    ramp]) as SimCLRAugment adds it. All randomness comes from one generator on the images' device
+    (its state is checkpointed): color parameters first (grayscale with probability gray_p), then
+    the blur's, then the ramps'.
 
     Blurring after normalizing is the same as blurring before it (docs/architecture.md, 4.2):
     the normalization is a per-channel affine map, and a per-channel blur whose weights sum to 1,
@@ -601,16 +603,27 @@ class DeviceAugment(nn.Module):
 
     def __init__(self, color_cls, image_size: int, strength: float = 1.0, blur_p: float = 0.5,
                  generator: Optional[torch.Generator] = None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 gray_p: float = 0.2, ramp: float = 0.0):
         super().__init__()
         self.generator = generator
-        self.color = color_cls(strength, 0.8, 0.2, generator=generator, mean=mean, std=std)
+        self.color = color_cls(strength, 0.8, gray_p, generator=generator, mean=mean, std=std)
         self.blur_p = blur_p
+        self.ramp, self.std = float(ramp), std
         k = int(round(0.1 * image_size))
         self.kernel_size = max(3, k + (k + 1) % 2)  # odd, at least 3
         self.memory_format = memory_format
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._color_blur(x)
+        if self.ramp > 0:
+            from .pipeline import add_illumination_ramp_, sample_ramp
+
+            add_illumination_ramp_(x, sample_ramp(x.shape[0], self.ramp, x.device, self.generator),
+                                   self.std)
+        return x
+
+    def _color_blur(self, x: Tensor) -> Tensor:
         if self.blur_p == 0:
             # the color kernel stores in its input's layout: lay out the (4x smaller) uint8 batch
             x = self.color(x.contiguous(memory_format=self.memory_format))

@@ -17,6 +17,8 @@ view v is made from image v % B, so views [0, B) are the first and [B, 2B) the s
     flip   [2B] bool: mirror the view left-right after the resize
     color  simclr_ext.ColorParams of 2B rows (factors, order, apply_jitter, apply_gray)
     sigma  [2B] float32: Gaussian blur sigma, 0 for a view that is not blurred
+    ramp   [2B, 2] float32 (amplitude, angle in radians) of the illumination ramp, or None (no
+           ramp): see illumination_ramp. Drawn only when the module's ramp amplitude is > 0.
 """
 import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -365,6 +367,35 @@ class SimCLRParams(NamedTuple):
     flip: Tensor
     color: ColorParams
     sigma: Tensor
+    ramp: Optional[Tensor] = None
+
+
+def illumination_ramp(ramp: Tensor, size: int) -> Tensor:
+    """The brightness ramps of views of size x size px: [V, 1, S, S] float32 with
+    value a * (cos t * u + sin t * v) at pixel (row, col), where (a, t) = ramp[view] (amplitude
+    in [0, 1] intensity units, angle in radians) and u = -1 + 2 col / (S - 1), v = -1 + 2 row /
+    (S - 1) run from -1 to 1 across the view (docs/recipe.md, section 5)."""
+    axis = torch.linspace(-1.0, 1.0, size, device=ramp.device, dtype=torch.float32)
+    a = ramp[:, 0].float().view(-1, 1, 1, 1)
+    t = ramp[:, 1].float().view(-1, 1, 1, 1)
+    return a * (torch.cos(t) * axis.view(1, 1, 1, size) + torch.sin(t) * axis.view(1, 1, size, 1))
+
+
+def add_illumination_ramp_(views: Tensor, ramp: Tensor,
+                           std: Optional[Sequence[float]] = None) -> Tensor:
+    """views += illumination_ramp(ramp) on all three channels, in place (any layout and floating
+    dtype), divided by std[c] when the views are normalized ((x - mean) / std): the ramp is added
+    in [0, 1] intensity units, after color distortion and blur, and is not clamped."""
+    r = illumination_ramp(ramp, views.shape[-1])
+    if std is not None:
+        r = r / torch.tensor(list(std), dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
+    return views.add_(r.to(views.dtype))
+
+
+def sample_ramp(views: int, amplitude: float, device, generator=None) -> Tensor:
+    """[views, 2] (a ~ U[0, amplitude], t ~ U[0, 2 pi)): one rand(views, 2) draw."""
+    r = torch.rand(views, 2, generator=generator, device=device, dtype=torch.float32)
+    return torch.stack((amplitude * r[:, 0], (2 * math.pi) * r[:, 1]), dim=1)
 
 
 def sample_crop_boxes(heights, widths, views: int, device, scale=(0.08, 1.0),
@@ -421,11 +452,24 @@ def default_blur_kernel(image_size: int) -> int:
     return min(k, 2 * (image_size - 1) + 1)
 
 
+def _check_ramp_param(ramp, views: int, device) -> None:
+    if ramp is None:
+        return
+    if not isinstance(ramp, Tensor) or not ramp.dtype.is_floating_point:
+        raise TypeError(f"params.ramp must be a floating tensor [{views}, 2] or None, got "
+                        f"{getattr(ramp, 'dtype', type(ramp).__name__)}")
+    if tuple(ramp.shape) != (views, 2):
+        raise ValueError(f"params.ramp must have shape ({views}, 2) (amplitude, angle per view), "
+                         f"got {tuple(ramp.shape)}")
+    if ramp.device != device:
+        raise ValueError(f"params.ramp must be on the images' device {device}, got {ramp.device}")
+
+
 class SimCLRAugment(nn.Module):
     """SimCLR's augmentation of a batch into two views per image, every parameter per view.
 
     SimCLRAugment(image_size, *, scale=(0.08, 1.0), ratio=(3/4, 4/3), flip_p=0.5,
-    color_strength=1.0, color_p=0.8, gray_p=0.2, blur_p=0.5, blur_kernel=None,
+    color_strength=1.0, color_p=0.8, gray_p=0.2, blur_p=0.5, blur_kernel=None, ramp=0.0,
     mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dtype=torch.float32, channels_last=False,
     generator=None)
 
@@ -434,7 +478,9 @@ class SimCLRAugment(nn.Module):
     Per view: RandomResizedCrop(S, scale, ratio, antialias) and a horizontal flip (flip_p); with
     probability color_p the color jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s with s = color_strength) in a
     random order, then grayscale with probability gray_p; with probability blur_p a Gaussian
-    blur, sigma ~ U[0.1, 2.0], kernel blur_kernel (default: 10% of S, odd); then
+    blur, sigma ~ U[0.1, 2.0], kernel blur_kernel (default: 10% of S, odd); with ramp > 0 an
+    illumination ramp (illumination_ramp: + a * (cos t * u + sin t * v) on every channel,
+    a ~ U[0, ramp], t ~ U[0, 2 pi), not clamped; docs/recipe.md, section 5); then
     (x - mean) / std (mean=None and std=None: no normalization), in out_dtype, channels_last or
     not. Every parameter is drawn on the images' device from `generator` (a torch.Generator on
     that device; None: the device's default generator), with torch ops only, so no host
@@ -451,7 +497,7 @@ class SimCLRAugment(nn.Module):
     def __init__(self, image_size: int, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                  flip_p: float = 0.5, color_strength: float = 1.0, color_p: float = 0.8,
                  gray_p: float = 0.2, blur_p: float = 0.5, blur_kernel: Optional[int] = None,
-                 mean: Optional[Sequence[float]] = IMAGENET_MEAN,
+                 ramp: float = 0.0, mean: Optional[Sequence[float]] = IMAGENET_MEAN,
                  std: Optional[Sequence[float]] = IMAGENET_STD,
                  out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  generator: Optional[torch.Generator] = None):
@@ -476,6 +522,12 @@ class SimCLRAugment(nn.Module):
             raise ValueError(f"blur_kernel must be odd, >= 1 and with blur_kernel // 2 < "
                              f"image_size = {self.image_size}, got {blur_kernel}")
         self.blur_kernel = blur_kernel
+        if isinstance(ramp, bool) or not isinstance(ramp, (int, float)):
+            raise TypeError(f"ramp must be a number, got {type(ramp).__name__}")
+        if not (math.isfinite(ramp) and ramp >= 0.0):
+            raise ValueError(f"ramp (the illumination ramp's largest amplitude) must be finite "
+                             f"and >= 0, got {ramp}")
+        self.ramp = float(ramp)
         if (mean is None) != (std is None):
             raise ValueError("mean and std must be given together (or both None)")
         self.mean = self.std = None
@@ -505,7 +557,8 @@ class SimCLRAugment(nn.Module):
     def sample(self, images) -> SimCLRParams:
         """Draw the parameters of the 2B views of `images` (a batch or a list, as forward takes;
         only its sizes and device are used). Draw order from the generator: crop boxes
-        (rand [2B, 10, 2] and [2B, 2]), flips [2B], color (as sample_color_params), blur [2B, 2].
+        (rand [2B, 10, 2] and [2B, 2]), flips [2B], color (as sample_color_params), blur [2B, 2],
+        then, only when ramp > 0, the illumination ramps [2B, 2].
         This advances the generator exactly as forward does."""
         batch, channels, _, device = _check_images(images)
         if channels != 3:
@@ -523,11 +576,12 @@ class SimCLRAugment(nn.Module):
         r = torch.rand(views, 2, generator=g, device=device)
         lo, hi = BLUR_SIGMA
         sigma = torch.where(r[:, 0] < self.blur_p, lo + (hi - lo) * r[:, 1], 0.0)
-        return SimCLRParams(boxes, flip, color, sigma)
+        ramp = sample_ramp(views, self.ramp, device, g) if self.ramp > 0 else None
+        return SimCLRParams(boxes, flip, color, sigma, ramp)
 
     def apply(self, images, params: SimCLRParams) -> Tensor:
         """The views of `images` for explicit parameters (from `sample`, or made by hand with 2B
-        rows each): crop + flip, color + gray + normalization, blur."""
+        rows each): crop + flip, color + gray + normalization, blur, illumination ramp."""
         batch, channels, dtype, device = _check_images(images)
         if channels != 3:
             raise ValueError(f"images must have 3 (RGB) channels, got {channels}")
@@ -545,6 +599,7 @@ class SimCLRAugment(nn.Module):
         color = params.color
         if tuple(color.factors.shape) != (views, 4) or tuple(params.sigma.shape) != (views,):
             raise ValueError(f"params.color and params.sigma must have {views} rows")
+        _check_ramp_param(params.ramp, views, device)
         # uint8 0..255 -> the color math's [0, 1] floats, folded into the crop's store.
         out_scale = 1.0 / 255.0 if dtype == torch.uint8 else 1.0
         args = (params.boxes, params.flip, color.factors.to(torch.float32),
@@ -553,8 +608,12 @@ class SimCLRAugment(nn.Module):
                 self.blur_kernel if self.blur_p > 0 else 0, out_scale, self.mean, self.std,
                 self.out_dtype, self.channels_last)
         if isinstance(images, Tensor):
-            return _views_op(images, *args)
-        return _views_list_op(list(images), *args)
+            out = _views_op(images, *args)
+        else:
+            out = _views_list_op(list(images), *args)
+        if params.ramp is not None:
+            add_illumination_ramp_(out, params.ramp, self.std)
+        return out
 
     def forward(self, images) -> Tensor:
         return self.apply(images, self.sample(images))
@@ -563,6 +622,7 @@ class SimCLRAugment(nn.Module):
         return (f"image_size={self.image_size}, scale={self.scale}, ratio={self.ratio}, "
                 f"flip_p={self.flip_p}, color_strength={self.color_strength}, "
                 f"color_p={self.color_p}, gray_p={self.gray_p}, blur_p={self.blur_p}, "
+                f"ramp={self.ramp}, "
                 f"blur_kernel={self.blur_kernel}, out_dtype={self.out_dtype}, "
                 f"channels_last={self.channels_last}")
 

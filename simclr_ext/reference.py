@@ -495,8 +495,8 @@ class SimCLRAugment(nn.Module):
     """simclr_ext.SimCLRAugment with a per-view torchvision loop: same constructor, same sampler
     (so one generator state gives the same parameters and, within float rounding, the same
     views), in torchvision's order: resized_crop (antialias) of img.float(), hflip, to [0, 1],
-    the color ops in the view's order, grayscale, gaussian_blur, normalize, out_dtype, layout.
-    The trainer's --augment torchvision path."""
+    the color ops in the view's order, grayscale, gaussian_blur, + the illumination ramp,
+    normalize, out_dtype, layout. The trainer's --augment torchvision path."""
 
     def __init__(self, image_size: int, **kwargs):
         super().__init__()
@@ -505,7 +505,7 @@ class SimCLRAugment(nn.Module):
         # The fused module validates the arguments and owns the sampler.
         self._sampler = Fused(image_size, **kwargs)
         for name in ("image_size", "blur_kernel", "mean", "std", "out_dtype", "channels_last",
-                     "generator", "blur_p"):
+                     "generator", "blur_p", "ramp"):
             setattr(self, name, getattr(self._sampler, name))
 
     def sample(self, images):
@@ -521,6 +521,10 @@ class SimCLRAugment(nn.Module):
         x = color_distort(x, *params.color)
         if self.blur_p > 0:
             x = gaussian_blur(x, params.sigma, self.blur_kernel)
+        if params.ramp is not None:
+            from .pipeline import illumination_ramp
+
+            x = x + illumination_ramp(params.ramp, self.image_size)
         if self.mean is not None:
             x = TF.normalize(x, list(self.mean), list(self.std))
         x = x.to(self.out_dtype)

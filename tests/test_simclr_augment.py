@@ -2,7 +2,8 @@
 (simclr_ext.reference.SimCLRAugment) for batches and varying-size lists, dtypes and layouts;
 sample/apply reproducing forward; determinism from a seed; the sampled parameter distributions
 (crop boxes against torchvision's RandomResizedCrop.get_params, flip / color / gray / blur rates,
-independence of the two views); no host synchronization on CUDA; errors."""
+independence of the two views); the illumination ramp; no host synchronization on CUDA;
+errors."""
 import math
 
 import pytest
@@ -29,7 +30,8 @@ def make(size, device, seed=0, **kwargs):
 
 def to_cpu(params):
     return SimCLRParams(params.boxes.cpu(), params.flip.cpu(),
-                        type(params.color)(*(t.cpu() for t in params.color)), params.sigma.cpu())
+                        type(params.color)(*(t.cpu() for t in params.color)), params.sigma.cpu(),
+                        None if params.ramp is None else params.ramp.cpu())
 
 
 @pytest.mark.sanitize
@@ -294,3 +296,103 @@ def test_call_errors():
         aug.apply(images, params._replace(color=bad_order))
     with pytest.raises(RuntimeError, match=r"sigma\[1\] must be finite and >= 0"):
         aug.apply(images, params._replace(sigma=torch.tensor([0.0, -1.0, 0.0, 0.0])))
+
+
+# --------------------------------------------------------------------------------------------
+# Illumination ramp
+# --------------------------------------------------------------------------------------------
+def test_illumination_ramp_geometry():
+    # a = 1 along t = 0 is u itself: -1 in the left column, +1 in the right, constant down a
+    # column; t = pi / 2 turns it into v; t = pi mirrors it; a = 0 is flat.
+    size = 7
+    axis = torch.linspace(-1, 1, size, dtype=torch.float64)
+    r = pipeline.illumination_ramp(torch.tensor([[1.0, 0.0], [0.5, math.pi / 2], [1.0, math.pi],
+                                                 [0.0, 1.0]]), size)
+    assert r.shape == (4, 1, size, size) and r.dtype == torch.float32
+    torch.testing.assert_close(r[0, 0].double(), axis.expand(size, size), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r[1, 0].double(), 0.5 * axis[:, None].expand(size, size),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(r[2, 0], -r[0, 0], atol=1e-6, rtol=0)
+    assert float(r[3].abs().max()) == 0.0
+    # any direction: a plane through the center with gradient a (cos t, sin t) per unit of u, v
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.rand(5, 2, generator=g, dtype=torch.float64) * torch.tensor([0.8, 2 * math.pi], dtype=torch.float64)
+    got = pipeline.illumination_ramp(ramp.float(), size).double()
+    u, v = axis.view(1, 1, size), axis.view(1, size, 1)
+    a, t = ramp[:, 0].view(5, 1, 1), ramp[:, 1].view(5, 1, 1)
+    torch.testing.assert_close(got[:, 0], a * (torch.cos(t) * u + torch.sin(t) * v), atol=1e-6, rtol=0)
+
+
+def test_ramp_off_keeps_the_random_stream():
+    # ramp = 0 draws nothing more: the parameters and views are those of the module without it
+    images = uint8_images(4, 30, 30, "cpu")
+    p0 = make(16, "cpu", seed=3).sample(images)
+    p1 = make(16, "cpu", seed=3, ramp=0.0).sample(images)
+    assert p0.ramp is None and p1.ramp is None and torch.equal(p0.boxes, p1.boxes)
+    p2 = make(16, "cpu", seed=3, ramp=0.4).sample(images)
+    assert torch.equal(p0.boxes, p2.boxes) and torch.equal(p0.sigma, p2.sigma)  # drawn last
+    assert p2.ramp.shape == (8, 2)
+
+
+def test_ramp_views_match_torchvision_and_add_the_ramp(device):
+    images = uint8_images(6, 40, 36, device)
+    aug = make(20, device, seed=4, ramp=0.4, blur_p=0.5)
+    params = aug.sample(images)
+    a, t = params.ramp[:, 0], params.ramp[:, 1]
+    assert float(a.min()) >= 0 and float(a.max()) <= 0.4 and float(a.max()) > 0.1
+    assert float(t.min()) >= 0 and float(t.max()) < 2 * math.pi
+    out = aug.apply(images, params)
+    torch.testing.assert_close(out.cpu(), ref.SimCLRAugment(20, ramp=0.4, blur_p=0.5).apply(
+        images.cpu(), to_cpu(params)), atol=ATOL, rtol=0)
+    # the same views without the ramp differ by exactly ramp / std[c] in normalized units
+    flat = aug.apply(images, params._replace(ramp=None))
+    std = torch.tensor(pipeline.IMAGENET_STD).view(1, 3, 1, 1)
+    expected = pipeline.illumination_ramp(params.ramp.cpu(), 20) / std
+    torch.testing.assert_close((out - flat).cpu(), expected.expand_as(flat), atol=1e-5, rtol=0)
+    # bf16 channels_last: the ramp lands in the same layout
+    aug16 = make(20, device, seed=4, ramp=0.4, out_dtype=torch.bfloat16, channels_last=True)
+    out16 = aug16.apply(images, params)
+    assert out16.dtype == torch.bfloat16 and out16.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out16.float(), out, atol=3 * 5.5 * 2**-8, rtol=0)  # |x| <= ~5.2
+
+
+def test_device_augment_gray_and_ramp():
+    from simclr_ext.data import DeviceAugment
+
+    images = uint8_images(64, 12, 12, "cpu")
+    mean = torch.tensor(pipeline.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(pipeline.IMAGENET_STD).view(1, 3, 1, 1)
+
+    def aug(**kw):
+        return DeviceAugment(simclr_ext.ColorDistortion, 12, 0.5, 0.0,
+                             generator=torch.Generator().manual_seed(0), **kw)
+
+    base = aug()(images)
+    # gray_p = 1: every view has three equal channels (before normalization)
+    gray = aug(gray_p=1.0)(images) * std + mean
+    torch.testing.assert_close(gray[:, 0], gray[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(gray[:, 1], gray[:, 2], atol=1e-5, rtol=0)
+    # the ramp is drawn after the color parameters: same color, plus a plane per view
+    with_ramp = aug(ramp=0.4)(images)
+    diff = (with_ramp - base) * std  # [0, 1] units, the same plane on the three channels
+    torch.testing.assert_close(diff[:, 0], diff[:, 2], atol=1e-5, rtol=0)
+    gen = torch.Generator().manual_seed(0)
+    simclr_ext.ColorDistortion(0.5, 0.8, 0.2, generator=gen).sample_params(64, "cpu")
+    ramp = pipeline.sample_ramp(64, 0.4, "cpu", gen)
+    torch.testing.assert_close(diff[:, :1], pipeline.illumination_ramp(ramp, 12), atol=1e-5, rtol=0)
+
+
+def test_ramp_errors():
+    A = simclr_ext.SimCLRAugment
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ramp .the illumination ramp's largest amplitude. must be finite"):
+            A(16, ramp=bad)
+    with pytest.raises(TypeError, match="ramp must be a number"):
+        A(16, ramp=True)
+    aug = make(16, "cpu", ramp=0.3)
+    images = torch.zeros(2, 3, 20, 20, dtype=torch.uint8)
+    params = aug.sample(images)
+    with pytest.raises(ValueError, match=r"params.ramp must have shape \(4, 2\)"):
+        aug.apply(images, params._replace(ramp=params.ramp[:3]))
+    with pytest.raises(TypeError, match="params.ramp must be a floating tensor"):
+        aug.apply(images, params._replace(ramp=params.ramp.long()))
