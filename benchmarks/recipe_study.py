@@ -45,20 +45,6 @@ RANK = [{}, CAND] + [dict(CAND, **k) for k in (
     {"base_lr": 0.15}, {"base_lr": 0.0375})]
 
 
-def add_ramp(x, amp, gen):
-    """Per view, a random linear illumination ramp: + a * (cos t * u + sin t * v) in [0, 1] units
-    (u, v in [-1, 1] across the view, a ~ U[0, amp], t ~ U[0, 2 pi]), on normalized views."""
-    from simclr_ext.data import IMAGENET_STD
-    n, _, h, w = x.shape
-    r = torch.rand(n, 2, generator=gen, device=x.device)
-    a, t = amp * r[:, 0], 2 * math.pi * r[:, 1]
-    u = torch.linspace(-1, 1, w, device=x.device).view(1, 1, w)
-    v = torch.linspace(-1, 1, h, device=x.device).view(1, h, 1)
-    ramp = a.view(n, 1, 1) * (torch.cos(t).view(n, 1, 1) * u + torch.sin(t).view(n, 1, 1) * v)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x + ramp[:, None] / std
-
-
 def channel_perm(x, p, gen):
     """With probability p per view, a random permutation of the RGB channels."""
     n = x.shape[0]
@@ -90,9 +76,9 @@ def pretrain(cfg, pre_src, dev, seed=0, monitor=None, log=None):
     sched = WarmupCosine(peak, cfg["epochs"] * spe, int(round(0.1 * cfg["epochs"] * spe)))
     aug = DeviceAugment(color_cls, size, cfg["color"], cfg["blur"],
                         generator=torch.Generator(dev).manual_seed(seed + 1),
-                        memory_format=torch.channels_last if cl else torch.contiguous_format).to(dev)
-    ramp_gen = torch.Generator(dev).manual_seed(seed + 2)
-    aug.color.p_gray = cfg.get("gray", 0.2)
+                        memory_format=torch.channels_last if cl else torch.contiguous_format,
+                        gray_p=cfg["gray"], ramp=cfg["ramp"]).to(dev)
+    perm_gen = torch.Generator(dev).manual_seed(seed + 2)
     step, recs = 0, []
     for epoch in range(cfg["epochs"]):
         views.set_epoch(epoch)
@@ -105,10 +91,8 @@ def pretrain(cfg, pre_src, dev, seed=0, monitor=None, log=None):
             b = pair.shape[0]
             x = pair.to(dev).transpose(0, 1).reshape(2 * b, *pair.shape[2:])
             if cfg.get("chperm", 0.0) > 0:
-                x = channel_perm(x, cfg["chperm"], ramp_gen)
+                x = channel_perm(x, cfg["chperm"], perm_gen)
             x = aug(x)
-            if cfg.get("ramp", 0.0) > 0:
-                x = add_ramp(x, cfg["ramp"], ramp_gen)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = simclr_step(model, crit, opt, x)

@@ -15,6 +15,7 @@ load_data, build_training, restore, then pretrain (train_one_epoch + save_checkp
 evaluate and report.
 """
 import argparse
+import math
 import json
 import os
 import random
@@ -50,13 +51,13 @@ RUN_KEYS = ("arch", "width", "head", "proj_dim", "image_size", "dataset", "data_
             "test_size", "batch_size", "epochs", "base_lr", "lr_scaling", "warmup_epochs",
             "weight_decay", "temperature", "color_strength", "blur_p", "seed", "lars_eta", "momentum",
             "val_fraction", "augment", "crop_scale", "decode_device", "loss", "semi_hard",
-            "margin")
+            "margin", "gray_p", "ramp")
 # --augment: SimCLRAugment's fused kernels, or the same views made per view with torchvision's
 # functional ops (simclr_ext.reference.SimCLRAugment: same sampler, the baseline it is compared to)
 AUGMENTS = ("fused", "torchvision")
 # checkpoints written before a key existed ran with this value
 RUN_KEY_BEFORE = {"crop_scale": 0.08, "decode_device": "cpu", "loss": "nt_xent",
-                  "semi_hard": False, "margin": None}
+                  "semi_hard": False, "margin": None, "gray_p": 0.2, "ramp": 0.0}
 # --decode-device: where an ImageFolder's JPEGs are decoded (docs/architecture.md, 10.4): by the
 # loader on the CPU, or from their bytes on the training GPU in one batched nvJPEG call per step
 DECODE_DEVICES = ("cpu", "cuda")
@@ -126,6 +127,12 @@ def build_parser():
                    help="default 0.5 up to 64 px (the paper's CIFAR value), 1.0 above")
     o.add_argument("--blur-p", type=float, default=None,
                    help="default 0 up to 64 px (the paper's CIFAR recipe), 0.5 above")
+    o.add_argument("--gray-p", type=float, default=None,
+                   help="probability of turning a view to grayscale; default 0.5 up to 64 px "
+                        "(docs/recipe.md, section 5), 0.2 (the paper's) above")
+    o.add_argument("--ramp", type=float, default=None,
+                   help="largest amplitude of the illumination ramp added to each view (0: none); "
+                        "default 0.4 up to 64 px (docs/recipe.md, section 5), 0 above")
     o.add_argument("--impl", default="fused", choices=IMPLS,
                    help="fused simclr_ext ops (NT-Xent, LARS), or their plain-PyTorch references")
     o.add_argument("--augment", default="fused", choices=AUGMENTS,
@@ -198,6 +205,10 @@ def validate(p, args):
     if (args.weight_decay < 0 or (args.color_strength is not None and args.color_strength < 0)
             or (args.blur_p is not None and not 0 <= args.blur_p <= 1)):
         p.error("--weight-decay and --color-strength must be >= 0 and --blur-p in [0, 1]")
+    if args.gray_p is not None and not 0 <= args.gray_p <= 1:
+        p.error(f"--gray-p must be in [0, 1], got {args.gray_p}")
+    if args.ramp is not None and not (math.isfinite(args.ramp) and args.ramp >= 0):
+        p.error(f"--ramp must be finite and >= 0, got {args.ramp}")
     if args.color_strength is not None and args.color_strength > 2.5:
         p.error(f"--color-strength must be <= 2.5 (its hue range 0.2 x strength must stay <= 0.5, "
                 f"as torchvision requires), got {args.color_strength}")
@@ -586,7 +597,7 @@ def build_training(s: Setup, data: Data) -> Training:
     aug_gen = torch.Generator(dev).manual_seed(view_seed(a.seed, 0, 0, s.info.rank))
     aug_cls = simclr_ext.SimCLRAugment if a.augment == "fused" else simclr_reference.SimCLRAugment
     augment = aug_cls(a.image_size, scale=(a.crop_scale, 1.0), color_strength=a.color_strength,
-                      blur_p=a.blur_p,
+                      gray_p=a.gray_p, blur_p=a.blur_p, ramp=a.ramp,
                       generator=aug_gen, channels_last=memory_format == torch.channels_last)
     return Training(model, core, memory_format, criterion, optimizer, schedule, scaler, augment,
                     aug_gen, peak_lr, LossGuard(dev))
@@ -848,7 +859,8 @@ def finish(s: Setup, code: int) -> int:
 
 def resolve_defaults(args):
     """Fill the flags left at None whose default depends on the data: the image size
-    from the data, then crop scale, color strength and blur by image size (simclr_ext/defaults.py).
+    from the data, then crop scale, color strength, blur, grayscale and ramp by image size
+    (simclr_ext/defaults.py).
     A resumed run has them all from its checkpoint."""
     if args.image_size is None:
         args.image_size = native_image_size(args.dataset, args.data_dir)
@@ -875,7 +887,7 @@ def build_monitor(s: Setup, data: Data, tr: Training) -> Optional[EpochMonitor]:
     _, _, color_cls = build_ops(a.impl)
     aug = DeviceAugment(color_cls, a.image_size, a.color_strength, a.blur_p,
                         generator=torch.Generator(s.device).manual_seed(a.seed + 777),
-                        memory_format=tr.memory_format)
+                        memory_format=tr.memory_format, gray_p=a.gray_p, ramp=a.ramp)
     return EpochMonitor(data.train, data.test, a.image_size, aug, s.device, a.crop_scale,
                         seed=a.seed, channels_last=tr.memory_format == torch.channels_last)
 

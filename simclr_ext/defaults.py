@@ -8,7 +8,12 @@ measurements behind the small-image values.
   CIFAR augmentation (color strength 0.5, no blur) and a crop lower bound of 0.35: at this size
   the paper's 0.08 (a 7 x 7 px crop of a 24 px image) often holds none of a small object, and
   the pair then only teaches background statistics (docs/recipe.md).
-- Above it: the paper's ImageNet augmentation (crop 0.08-1, color strength 1.0, blur p 0.5).
+  On top of the paper's: grayscale with probability 0.5 (the paper's 0.2) and an illumination
+  ramp of amplitude up to 0.4 (pipeline.illumination_ramp). Each removes one cue that tells
+  images apart without the object, color and a brightness gradient; only the two together made
+  the objects set learnable (docs/recipe.md, section 5).
+- Above it: the paper's ImageNet augmentation (crop 0.08-1, color strength 1.0, blur p 0.5,
+  grayscale p 0.2, no ramp): the section 5 measurements are at 24 px only.
 - The learning rate already scales with the batch (schedule.scaled_lr: base x sqrt(B) by
   default, the paper's rule for small batches).
 """
@@ -16,8 +21,8 @@ import os
 
 EMBEDDED_SIZE = 24
 SMALL_IMAGE_MAX = 64  # = models.CIFAR_STEM_MAX_SIZE
-SMALL = {"crop_scale": 0.35, "color_strength": 0.5, "blur_p": 0.0}
-LARGE = {"crop_scale": 0.08, "color_strength": 1.0, "blur_p": 0.5}
+SMALL = {"crop_scale": 0.35, "color_strength": 0.5, "blur_p": 0.0, "gray_p": 0.5, "ramp": 0.4}
+LARGE = {"crop_scale": 0.08, "color_strength": 1.0, "blur_p": 0.5, "gray_p": 0.2, "ramp": 0.0}
 MAX_NATIVE = 224
 
 
@@ -54,5 +59,5 @@ def native_image_size(dataset: str, data_dir=None) -> int:
 
 
 def augmentation_defaults(image_size: int) -> dict:
-    """{'crop_scale', 'color_strength', 'blur_p'} for views of image_size px."""
+    """{'crop_scale', 'color_strength', 'blur_p', 'gray_p', 'ramp'} for views of image_size px."""
     return dict(SMALL if image_size <= SMALL_IMAGE_MAX else LARGE)

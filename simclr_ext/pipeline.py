@@ -387,8 +387,8 @@ def add_illumination_ramp_(views: Tensor, ramp: Tensor,
     dtype), divided by std[c] when the views are normalized ((x - mean) / std): the ramp is added
     in [0, 1] intensity units, after color distortion and blur, and is not clamped."""
     r = illumination_ramp(ramp, views.shape[-1])
-    if std is not None:
-        r = r / torch.tensor(list(std), dtype=torch.float32, device=views.device).view(1, -1, 1, 1)
+    if std is not None:  # Python-scalar divisions: no host-to-device copy on CUDA
+        r = torch.cat([r / float(sd) for sd in std], dim=1)
     return views.add_(r.to(views.dtype))
 
 

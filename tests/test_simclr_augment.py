@@ -228,13 +228,16 @@ def test_no_host_sync_on_cuda():
     images = uint8_images(8, 48, 40, "cuda")
     listed = [images[0], images[1, :, :30], images[2, :, 5:, 3:]]
     aug = make(32, "cuda", seed=16)
-    aug(images)
-    aug(listed)  # warm-up: allocator, pinned-memory pool
+    ramped = make(32, "cuda", seed=16, ramp=0.4)
+    for m in (aug, ramped):
+        m(images)
+        m(listed)  # warm-up: allocator, pinned-memory pool
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        aug(images)
-        aug(listed)
+        for m in (aug, ramped):
+            m(images)
+            m(listed)
     finally:
         torch.cuda.set_sync_debug_mode(0)
 

@@ -264,6 +264,9 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
     (["--augment", "kornia"], "invalid choice: 'kornia'"),
     (["--crop-scale", "0"], "--crop-scale must be in (0, 1]"),
+    (["--gray-p", "1.5"], "--gray-p must be in [0, 1]"),
+    (["--ramp", "-0.1"], "--ramp must be finite and >= 0"),
+    (["--ramp", "nan"], "--ramp must be finite and >= 0"),
     (["--monitor-every", "-1"], "--monitor-every must be >= 0"),
     (["--semi-hard"], "--semi-hard applies to --loss nt_logistic or margin_triplet"),
     (["--loss", "nt_logistic", "--margin", "0.3"], "--margin applies to --loss margin_triplet only"),
@@ -368,6 +371,7 @@ def test_defaults_adapt_to_the_data(tmp_path, scripts):
     a = parse()
     train.resolve_defaults(a)
     assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (24, 0.35, 0.5, 0.0)
+    assert (a.gray_p, a.ramp) == (0.5, 0.4)
     # an ImageFolder of 96 x 80 images: its short side, and the paper's ImageNet augmentation
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
@@ -375,23 +379,27 @@ def test_defaults_adapt_to_the_data(tmp_path, scripts):
     a = parse("--dataset", "imagefolder", "--data-dir", str(tmp_path))
     train.resolve_defaults(a)
     assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (80, 0.08, 1.0, 0.5)
+    assert (a.gray_p, a.ramp) == (0.2, 0.0)
     # an explicit flag wins over the adaptive default; the rest still adapt to --image-size
-    a = parse("--image-size", "128", "--blur-p", "0.2", "--crop-scale", "0.5")
+    a = parse("--image-size", "128", "--blur-p", "0.2", "--crop-scale", "0.5", "--ramp", "0.3")
     train.resolve_defaults(a)
     assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (128, 0.5, 1.0, 0.2)
+    assert (a.gray_p, a.ramp) == (0.2, 0.3)
     assert augmentation_defaults(64) != augmentation_defaults(65)
 
 
-def test_resume_of_a_checkpoint_from_before_crop_scale(tmp_path, scripts):
+def test_resume_of_a_checkpoint_from_before_crop_scale_gray_p_ramp(tmp_path, scripts):
     train = scripts.train
     run = tmp_path / "run"
     assert train.main(TINY + ["--epochs", "2", "--no-eval", "--monitor-every", "0",
                               "--run-dir", str(run), "--stop-at-step", "3"]) == 128 + 15
     ck = torch.load(run / ckpt_lib.LAST, weights_only=False)
-    del ck["config"]["crop_scale"]  # as written before the flag existed
+    for key in ("crop_scale", "gray_p", "ramp"):
+        del ck["config"][key]  # as written before the flags existed
     torch.save(ck, run / ckpt_lib.LAST)
     assert train.main(["--resume", str(run), "--no-progress"]) == 0
-    assert ckpt_lib.load(str(run))["config"]["crop_scale"] == 0.08  # what those runs used
+    cfg = ckpt_lib.load(str(run))["config"]
+    assert (cfg["crop_scale"], cfg["gray_p"], cfg["ramp"]) == (0.08, 0.2, 0.0)  # what those runs used
 
 
 def test_main_command_end_to_end(tmp_path):
