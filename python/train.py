@@ -98,7 +98,7 @@ def build_parser():
     m.add_argument("--head", default="nonlinear", help=f"projection head, one of {HEADS}")
     m.add_argument("--proj-dim", type=int, default=128)
     o = p.add_argument_group("optimization")
-    o.add_argument("--epochs", type=int, default=30)
+    o.add_argument("--epochs", type=int, default=50)
     o.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks together)")
     o.add_argument("--base-lr", type=float, default=0.075,
                    help="peak lr = base_lr x sqrt(B) (or x B/256 with --lr-scaling linear)")
@@ -781,6 +781,9 @@ def pretrain(s: Setup, data: Data, tr: Training, pos: Position, monitor=None):
           f"{s.info.world_size}, {s.precision}, global batch {a.batch_size}, {a.epochs} epochs x "
           f"{data.steps_per_epoch} steps, peak lr {tr.peak_lr:.3g}, impl {a.impl}, augment "
           f"{a.augment}, loss {loss_name(a)}")
+    s.say(f"views: {a.image_size} px, crop {a.crop_scale:g}-1 + flip, color strength "
+          f"{a.color_strength:g} (p 0.8), grayscale p {a.gray_p:g}, blur p {a.blur_p:g}, "
+          f"illumination ramp {a.ramp:g}")
     interrupted = None
     with StopFlag() as stop:
         while pos.epoch < a.epochs and interrupted is None:

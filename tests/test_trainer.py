@@ -346,8 +346,12 @@ def test_objects_crop_scale_monitor_and_supervised_baseline(tmp_path, scripts, c
                                       "--supervised-baseline", "--run-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "| supervised |" in out and "of the supervised ceiling" in out
+    # the resolved augmentation is shown: the small-image defaults, the explicit crop
+    assert ("views: 16 px, crop 0.5-1 + flip, color strength 0.5 (p 0.8), grayscale p 0.5, "
+            "blur p 0, illumination ramp 0.4") in out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["dataset"] == "objects" and cfg["crop_scale"] == 0.5
+    assert (cfg["gray_p"], cfg["ramp"]) == (0.5, 0.4)
     res = json.loads((run / "results.json").read_text())["results"]
     assert set(res) == {"SimCLR", "random init", "supervised"}
     assert 0 <= res["supervised"]["top1"] <= res["supervised"]["top5"] <= 100
