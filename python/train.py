@@ -15,8 +15,8 @@ load_data, build_training, restore, then pretrain (train_one_epoch + save_checkp
 evaluate and report.
 """
 import argparse
-import math
 import json
+import math
 import os
 import random
 import signal
