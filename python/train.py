@@ -100,8 +100,9 @@ def build_parser():
     o = p.add_argument_group("optimization")
     o.add_argument("--epochs", type=int, default=50)
     o.add_argument("--batch-size", type=int, default=128, help="global batch (all ranks together)")
-    o.add_argument("--base-lr", type=float, default=0.075,
-                   help="peak lr = base_lr x sqrt(B) (or x B/256 with --lr-scaling linear)")
+    o.add_argument("--base-lr", type=float, default=None,
+                   help="peak lr = base_lr x sqrt(B) (or x B/256 with --lr-scaling linear); default "
+                        "0.15 up to 64 px (docs/recipe.md, section 7), 0.075 (the paper's) above")
     o.add_argument("--lr-scaling", default="sqrt", choices=["linear", "sqrt"],
                    help="sqrt: the paper's choice for small batches / short runs; linear: its ImageNet one")
     o.add_argument("--warmup-epochs", type=float, default=None,
@@ -193,7 +194,7 @@ def validate(p, args):
     if args.monitor_every < 0:
         p.error(f"--monitor-every must be >= 0, got {args.monitor_every}")
     for name in ("base_lr", "temperature"):
-        if not getattr(args, name) > 0:
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.semi_hard and args.loss == "nt_xent":
         p.error("--semi-hard applies to --loss nt_logistic or margin_triplet; NT-Xent weighs every "
@@ -862,8 +863,8 @@ def finish(s: Setup, code: int) -> int:
 
 def resolve_defaults(args):
     """Fill the flags left at None whose default depends on the data: the image size
-    from the data, then crop scale, color strength, blur, grayscale and ramp by image size
-    (simclr_ext/defaults.py).
+    from the data, then crop scale, color strength, blur, grayscale, ramp and the base learning
+    rate by image size (simclr_ext/defaults.py).
     A resumed run has them all from its checkpoint."""
     if args.image_size is None:
         args.image_size = native_image_size(args.dataset, args.data_dir)

@@ -260,6 +260,7 @@ def test_mismatched_checkpoint_gives_clear_error(tmp_path, capsys, scripts):
     (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
     (["--head", "mlp3"], "unknown projection head"),
     (["--temperature", "0"], "--temperature must be > 0"),
+    (["--base-lr", "0"], "--base-lr must be > 0"),
     (["--resume", "/nonexistent/run"], "no checkpoint at /nonexistent/run"),
     (["--lr-scaling", "cubic"], "invalid choice: 'cubic'"),
     (["--augment", "kornia"], "invalid choice: 'kornia'"),
@@ -375,7 +376,7 @@ def test_defaults_adapt_to_the_data(tmp_path, scripts):
     a = parse()
     train.resolve_defaults(a)
     assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (24, 0.35, 0.5, 0.0)
-    assert (a.gray_p, a.ramp) == (0.5, 0.4)
+    assert (a.gray_p, a.ramp, a.base_lr) == (0.5, 0.4, 0.15)
     # an ImageFolder of 96 x 80 images: its short side, and the paper's ImageNet augmentation
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
@@ -383,12 +384,12 @@ def test_defaults_adapt_to_the_data(tmp_path, scripts):
     a = parse("--dataset", "imagefolder", "--data-dir", str(tmp_path))
     train.resolve_defaults(a)
     assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (80, 0.08, 1.0, 0.5)
-    assert (a.gray_p, a.ramp) == (0.2, 0.0)
+    assert (a.gray_p, a.ramp, a.base_lr) == (0.2, 0.0, 0.075)
     # an explicit flag wins over the adaptive default; the rest still adapt to --image-size
     a = parse("--image-size", "128", "--blur-p", "0.2", "--crop-scale", "0.5", "--ramp", "0.3")
     train.resolve_defaults(a)
     assert (a.image_size, a.crop_scale, a.color_strength, a.blur_p) == (128, 0.5, 1.0, 0.2)
-    assert (a.gray_p, a.ramp) == (0.2, 0.3)
+    assert (a.gray_p, a.ramp, a.base_lr) == (0.2, 0.3, 0.075)
     assert augmentation_defaults(64) != augmentation_defaults(65)
 
 
